@@ -17,6 +17,7 @@ setup(
         "kaldi-native-fbank>=1.19",
         "kaldialign>=0.9",
         "soundfile>=0.12",
+        "lilcom>=1.7",  # lhotse feature storage compression
         "tqdm",
         "tensorboard",
         "matplotlib",

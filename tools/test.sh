@@ -14,14 +14,15 @@ fi
 echo "[test.sh] installing asr_kd with its test extras"
 "$PY" -m pip install -q -e ".[test]"
 
-# Debian packages the end-to-end tests use (text-to-speech and sox).
-DEB_PKGS="sox espeak-ng flite"
+# Debian packages the corpus and end-to-end tests use (text-to-speech engines, voices,
+# sox, text sources): the same list as egs/synth/ASR/local/setup.sh.
+DEB_PKGS="sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes bible-kjv wordnet-base"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "[test.sh] installing Debian packages:$missing"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
   else
     echo "[test.sh] missing Debian packages:$missing -- run: sudo apt-get install -y$missing" >&2
   fi
