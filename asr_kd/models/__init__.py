@@ -1,0 +1,44 @@
+"""Conformer transducer models: full-context teacher, chunk-wise streaming student.
+
+Public API::
+
+    from asr_kd.models import (EncoderConfig, ConformerEncoder, EncoderOutput, Decoder, Joiner,
+                               TransducerConfig, Transducer, TransducerOutput, build_transducer,
+                               chunk_attention_mask, PRESETS, preset_config,
+                               stack_states, unstack_states)
+"""
+
+from asr_kd.models.attention import chunk_attention_mask
+from asr_kd.models.conformer import ConformerEncoder, EncoderConfig, EncoderOutput, EncoderState
+from asr_kd.models.decoder import Decoder
+from asr_kd.models.joiner import Joiner
+from asr_kd.models.states import stack_states, unstack_states
+from asr_kd.models.presets import DECODER_DIMS, PRESETS, STUDENT_CHUNK, preset_config
+from asr_kd.models.transducer import (
+    Transducer,
+    TransducerConfig,
+    TransducerOutput,
+    build_transducer,
+    node_occupancy,
+)
+
+__all__ = [
+    "chunk_attention_mask",
+    "ConformerEncoder",
+    "EncoderConfig",
+    "EncoderOutput",
+    "EncoderState",
+    "Decoder",
+    "Joiner",
+    "Transducer",
+    "TransducerConfig",
+    "TransducerOutput",
+    "build_transducer",
+    "node_occupancy",
+    "PRESETS",
+    "DECODER_DIMS",
+    "STUDENT_CHUNK",
+    "preset_config",
+    "stack_states",
+    "unstack_states",
+]

@@ -1,0 +1,80 @@
+"""Conv2d front end: 10 ms feature frames -> 40 ms encoder frames (4x).
+
+    (B, T, F) --unsqueeze--> (B, 1, T, F)
+      -> Conv2d(1, C, 3x3, stride 2), ReLU        (B, C, T1, F1),  T1 = (T - 1) // 2
+      -> Conv2d(C, C, 3x3, stride 2), ReLU        (B, C, T2, F2),  T2 = (T1 - 1) // 2
+      -> flatten (C, F2), Linear(C F2, D), dropout (B, T2, D)
+
+No padding in time, so
+
+    T' = T2 = (T - 3) // 4          (for T >= 7; fewer frames give no output)
+
+and encoder frame ``i`` sees exactly feature frames ``4 i .. 4 i + 6``
+(receptive field 7 frames = 70 ms of hop, 95 ms of audio with the 25 ms
+window; stride 4 = 40 ms).  Consequences for streaming:
+
+* a chunk of ``K`` encoder frames (``c K .. c K + K - 1``) needs feature
+  frames ``4 c K .. 4 c K + 4 K + 2``: it consumes ``4 K + 3`` frames and the
+  next chunk starts ``4 K`` frames later, i.e. consecutive chunk windows
+  overlap by ``LOOKAHEAD = 3`` frames;
+* the front end looks ``3`` feature frames (30 ms) beyond the ``4 K`` frames
+  a chunk advances -- its only look-ahead;
+* the streaming state of the front end is the last 3 feature frames of the
+  previous window (see ``ConformerEncoder.streaming_forward``).
+
+Outputs at frames whose 7-frame window extends past an utterance's length are
+padding (their index is >= ``output_lengths(lens)``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Conv2dSubsampling"]
+
+
+class Conv2dSubsampling(nn.Module):
+    """4x time subsampling with two stride-2 3x3 convolutions (no time padding)."""
+
+    #: time stride (feature frames per encoder frame)
+    SUBSAMPLING_FACTOR: int = 4
+    #: feature frames one encoder frame sees (4 i .. 4 i + 6)
+    RECEPTIVE_FIELD: int = 7
+    #: extra feature frames a chunk consumes beyond the 4 K it advances
+    LOOKAHEAD: int = RECEPTIVE_FIELD - SUBSAMPLING_FACTOR
+
+    def __init__(self, num_features: int, d_model: int, channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_features < 7:
+            raise ValueError(f"subsampling.py: need num_features >= 7, got {num_features}")
+        self.num_features = num_features
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, channels, kernel_size=3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, stride=2),
+            nn.ReLU(),
+        )
+        freq_out = ((num_features - 1) // 2 - 1) // 2
+        self.out = nn.Linear(channels * freq_out, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def output_lengths(feature_lens: Tensor) -> Tensor:
+        """Encoder frames for each utterance: ``max(0, (T - 3) // 4)``; (B,) int64."""
+        return torch.clamp((feature_lens - 3) // 4, min=0)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, T, F) features -> (B, (T - 3) // 4, D); raises ValueError for T < 7."""
+        if features.dim() != 3 or features.size(-1) != self.num_features:
+            raise ValueError(
+                f"subsampling.py: expected features (B, T, {self.num_features}), got {tuple(features.shape)}"
+            )
+        if features.size(1) < self.RECEPTIVE_FIELD:
+            raise ValueError(
+                f"subsampling.py: need at least {self.RECEPTIVE_FIELD} feature frames, got {features.size(1)}"
+            )
+        x = self.conv(features.unsqueeze(1))  # (B, C, T', F2)
+        b, c, t, f = x.shape
+        x = self.out(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        return self.dropout(x)
