@@ -1,0 +1,40 @@
+"""Train a transducer: full-context teacher or chunk-wise streaming student.
+
+Single process (CPU or one GPU)::
+
+    python -m asr_kd.bin.train --exp-dir exp/teacher --cuts-train data/train.jsonl.gz \
+        --cuts-valid data/dev.jsonl.gz --bpe-model data/lang/bpe.model --preset small --causal false
+
+Streaming student with dynamic chunk training (chunk sizes in 40 ms encoder frames)::
+
+    python -m asr_kd.bin.train ... --causal true --chunk-size 16,8,32 --left-context 64,32,-1
+
+Several processes (DDP; gloo on CPU, nccl on GPU)::
+
+    torchrun --standalone --nproc_per_node 4 -m asr_kd.bin.train ...
+
+Resume after an interruption: the same command plus ``--resume``.  See
+``python -m asr_kd.bin.train --help`` for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from asr_kd.train.args import build_parser
+
+
+def get_parser() -> argparse.ArgumentParser:
+    return build_parser(with_kd=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from asr_kd.train.run import run_training
+
+    args = get_parser().parse_args(argv)
+    run_training(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Command-line arguments of ``python -m asr_kd.bin.train``.
+
+``add_training_arguments(parser)`` adds every flag of plain transducer
+training (model, data, optimisation, checkpoints, DDP, loss).  Distillation
+flags are added by ``asr_kd.train.kd.add_kd_arguments(parser)`` when that
+module exists (``build_parser`` does both).  Units: chunk sizes and left
+contexts are in encoder frames of 40 ms (= 4 feature frames of 10 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from typing import Any, Optional
+
+from asr_kd.train.losses import add_loss_arguments
+
+__all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sanitize_args"]
+
+log = logging.getLogger(__name__)
+
+
+def str2bool(v: Any) -> bool:
+    """argparse type for true/false flags (true/false, yes/no, 1/0)."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "t", "yes", "y", "1"):
+        return True
+    if s in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def int_list(v: str) -> tuple[int, ...]:
+    """argparse type: "16" or "16,8,32" -> (16, 8, 32)."""
+    try:
+        out = tuple(int(x) for x in str(v).replace(" ", "").split(",") if x != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {v!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {v!r}")
+    return out
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """All flags of transducer training (not the KD ones)."""
+    g = parser.add_argument_group("experiment and data")
+    g.add_argument("--exp-dir", required=True, help="checkpoints, logs and tensorboard go here")
+    g.add_argument("--cuts-train", required=True, help="lhotse CutSet manifest of the training data")
+    g.add_argument("--cuts-valid", default=None, help="CutSet for the per-epoch validation loss")
+    g.add_argument("--bpe-model", required=True, help="sentencepiece model (asr_kd.bin.train_bpe)")
+    g.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch")
+    g.add_argument("--num-buckets", type=int, default=30, help="DynamicBucketingSampler buckets")
+    g.add_argument("--num-workers", type=int, default=2, help="data loader workers (0: main process)")
+    g.add_argument("--spec-augment", type=str2bool, default=True, help="SpecAugment on training batches")
+    g.add_argument("--noise-cuts", default=None, help="CutSet of noise recordings to mix in")
+    g.add_argument("--speed-perturb", type=str2bool, default=False,
+                   help="add 0.9x/1.1x copies (needs --on-the-fly-feats true)")
+    g.add_argument("--on-the-fly-feats", type=str2bool, default=False,
+                   help="compute fbank from audio instead of reading stored features")
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--preset", default="small", choices=("tiny", "small", "full"), help="model size")
+    g.add_argument("--causal", type=str2bool, default=False,
+                   help="false: full-context teacher; true: chunk-wise streaming student")
+    g.add_argument("--chunk-size", type=int_list, default=None,
+                   help="student chunk sizes in encoder frames (x40 ms), e.g. 16 or 16,8,32; "
+                        "first = decoding default (preset: 16 = 640 ms)")
+    g.add_argument("--left-context", type=int_list, default=None,
+                   help="student left contexts in encoder frames, -1 = unlimited (preset: 64 = 2.56 s)")
+    g.add_argument("--dynamic-chunk", type=str2bool, default=None,
+                   help="draw chunk size/left context per batch from the lists "
+                        "(default: true when a list has several entries)")
+    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based)")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW decoupled weight decay (matrices)")
+    g.add_argument("--warmup-batches", type=int, default=500, help="linear LR warm-up length")
+    g.add_argument("--lr-batches", type=float, default=5000.0, help="batch decay constant of the LR")
+    g.add_argument("--lr-epochs", type=float, default=6.0, help="epoch decay constant of the LR")
+    g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off)")
+    g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--max-bad-batches", type=int, default=10,
+                   help="abort after this many consecutive non-finite batches")
+    add_loss_arguments(parser)
+
+    g = parser.add_argument_group("checkpoints and logging")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue training: from the newest checkpoint of --exp-dir (no value) or a file")
+    g.add_argument("--init-from", default=None,
+                   help="initialise the model weights from this checkpoint (no optimiser state)")
+    g.add_argument("--save-every-n", type=int, default=2000, help="checkpoint every N batches (0: off)")
+    g.add_argument("--keep-last-k", type=int, default=5, help="batch checkpoints to keep (0: all)")
+    g.add_argument("--avg", type=int, default=1,
+                   help="pretrained.pt = average of the last N epoch checkpoints (0: none)")
+    g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
+    g.add_argument("--tensorboard", type=str2bool, default=True)
+    g.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar")
+
+    g = parser.add_argument_group("devices")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda (DDP: one GPU per process)")
+    g.add_argument("--find-unused-parameters", type=str2bool, default=False,
+                   help="DistributedDataParallel find_unused_parameters")
+
+
+def build_parser(with_kd: bool = True) -> argparse.ArgumentParser:
+    """Parser with the training flags, plus the KD flags when ``asr_kd.train.kd`` is present."""
+    parser = argparse.ArgumentParser(
+        prog="python -m asr_kd.bin.train",
+        description="Train a transducer teacher (--causal false) or streaming student (--causal true).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_training_arguments(parser)
+    if with_kd:
+        kd = _optional_kd_module()
+        if kd is not None and hasattr(kd, "add_kd_arguments"):
+            kd.add_kd_arguments(parser)
+    return parser
+
+
+def _optional_kd_module() -> Optional[Any]:
+    try:
+        return importlib.import_module("asr_kd.train.kd")
+    except ModuleNotFoundError as e:
+        if e.name != "asr_kd.train.kd":
+            raise
+        return None
+
+
+def sanitize_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``vars(args)`` with only str/int/float/bool/None/list values (for weights_only checkpoints)."""
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if v is None or isinstance(v, (str, int, float, bool)) or (
+            isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v)
+        ):
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out

@@ -1,0 +1,230 @@
+"""Wire a training run from parsed arguments (``asr_kd.bin.train`` calls ``run_training``).
+
+Order of events (every rank):
+ 1. process group (torchrun env) and logging (``exp_dir/log/train-rank<r>.log``);
+ 2. seed python/numpy/torch with ``--seed`` (identical model init on all ranks);
+ 3. tokenizer, model config from ``--preset/--causal/--chunk-size/...``;
+    with ``--resume``, the checkpoint's model_config and bpe_sha256 must match;
+ 4. model (``--init-from`` loads weights only), loss computer
+    (``losses.build_loss_computer``), AdamW + schedule;
+ 5. re-seed torch/python/numpy with ``seed + rank`` (dropout differs per rank);
+ 6. cuts: short utterances filtered (``asr_kd.data.filter_short_cuts``,
+    count logged), data loaders (sampler state restored on resume);
+ 7. ``Trainer.fit``; then the main rank averages the last ``--avg`` epoch
+    checkpoints into ``exp_dir/pretrained.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from asr_kd.train.args import sanitize_args
+from asr_kd.train.checkpoint import epoch_checkpoints, latest_checkpoint, load_checkpoint, save_averaged
+from asr_kd.train.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
+from asr_kd.train.losses import build_loss_computer
+from asr_kd.train.metrics import TensorBoardLogger
+from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
+from asr_kd.train.trainer import Trainer, TrainerConfig
+
+__all__ = ["build_model_config", "seed_everything", "run_training", "setup_logging", "resolve_amp"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO) -> None:
+    fmt = f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(getattr(h, "_asr_kd", False) for h in root.handlers):
+        h: logging.Handler = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(fmt))
+        h._asr_kd = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+        if exp_dir is not None:
+            (exp_dir / "log").mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(exp_dir / "log" / f"train-rank{rank}.log")
+            fh.setFormatter(logging.Formatter(fmt))
+            fh._asr_kd = True  # type: ignore[attr-defined]
+            root.addHandler(fh)
+
+
+def build_model_config(args: argparse.Namespace, vocab_size: int):
+    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout."""
+    from asr_kd.models import preset_config
+
+    overrides: dict[str, Any] = {}
+    if args.dropout is not None:
+        overrides["dropout"] = float(args.dropout)
+    if args.causal:
+        if args.chunk_size is not None:
+            overrides["chunk_sizes"] = tuple(args.chunk_size)
+        if args.left_context is not None:
+            overrides["left_contexts"] = tuple(args.left_context)
+        dynamic = args.dynamic_chunk
+        if dynamic is None:
+            dynamic = len(args.chunk_size or ()) > 1 or len(args.left_context or ()) > 1
+        overrides["dynamic_chunk"] = bool(dynamic)
+    elif args.chunk_size is not None or args.left_context is not None or args.dynamic_chunk:
+        log.warning("--chunk-size/--left-context/--dynamic-chunk are ignored for a full-context model "
+                    "(--causal false)")
+    role = "student" if args.causal else "teacher"
+    return preset_config(args.preset, role, vocab_size, **overrides)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """--amp auto -> bf16 on CUDA with bf16 support, fp16 on other CUDA, none on CPU."""
+    if amp != "auto":
+        return amp
+    if device.type != "cuda":
+        return "none"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _resume_checkpoint(args: argparse.Namespace, exp_dir: Path) -> Optional[dict[str, Any]]:
+    if args.resume is None:
+        return None
+    if args.resume == "latest":
+        path = latest_checkpoint(exp_dir)
+        if path is None:
+            log.warning("--resume: no checkpoint in %s; starting from scratch", exp_dir)
+            return None
+    else:
+        path = Path(args.resume)
+    log.info("resuming from %s", path)
+    return load_checkpoint(path)
+
+
+def _load_cuts(path: str, what: str):
+    from lhotse import CutSet
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what}: no such manifest {path}")
+    return CutSet.from_file(path)
+
+
+def run_training(args: argparse.Namespace) -> Optional[Path]:
+    """Train as configured by ``args``; returns exp_dir/pretrained.pt on the main rank (or None)."""
+    from asr_kd.data.datamodule import AsrDataModule, DataConfig, filter_short_cuts
+    from asr_kd.data.features import check_feature_config, feature_config_dict
+    from asr_kd.data.tokenizer import Tokenizer, file_sha256
+    from asr_kd.models import build_transducer
+
+    dist: DistInfo = setup_distributed(args.device)
+    exp_dir = Path(args.exp_dir)
+    if dist.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    setup_logging(exp_dir, dist.rank)
+    tb: Optional[TensorBoardLogger] = None
+    try:
+        log.info("rank %d/%d on %s; args: %s", dist.rank, dist.world_size, dist.device, sanitize_args(args))
+        seed_everything(args.seed)
+        tokenizer = Tokenizer(args.bpe_model)
+        bpe_sha = file_sha256(args.bpe_model)
+        model_cfg = build_model_config(args, tokenizer.vocab_size)
+        ckpt = _resume_checkpoint(args, exp_dir)
+        if ckpt is not None:
+            if ckpt.get("model_config") != model_cfg.to_dict():
+                raise ValueError(
+                    f"--resume: the checkpoint's model_config {ckpt.get('model_config')} differs from the one "
+                    f"built from the flags {model_cfg.to_dict()}; resume with the original flags"
+                )
+            if ckpt.get("bpe_sha256") != bpe_sha:
+                raise ValueError(f"--resume: {args.bpe_model} is not the BPE model the checkpoint was trained with")
+
+        model = build_transducer(model_cfg)
+        if args.init_from and ckpt is None:
+            init = load_checkpoint(args.init_from)
+            if init.get("bpe_sha256") not in (None, bpe_sha):
+                raise ValueError(f"--init-from {args.init_from} was trained with another BPE model")
+            if init.get("feature_config") is not None:
+                check_feature_config(init["feature_config"], feature_config_dict(), f"--init-from {args.init_from}")
+            model.load_state_dict(init["model"])
+            log.info("initialised the model from %s", args.init_from)
+        model.to(dist.device)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model: preset %s, causal=%s, %.2f M parameters, encoder %s", args.preset, args.causal,
+                 n_params / 1e6, model_cfg.encoder)
+
+        loss_computer = build_loss_computer(args, model, tokenizer)
+        extra = list(getattr(loss_computer, "parameters", lambda: iter(()))())
+        optim_cfg = OptimConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_batches=args.warmup_batches,
+                                lr_batches=args.lr_batches, lr_epochs=args.lr_epochs)
+        optimizer = build_optimizer(list(model.parameters()) + extra, optim_cfg)
+        scheduler = WarmupDecaySchedule(optimizer, optim_cfg)
+        seed_everything(args.seed + dist.rank)
+
+        data_cfg = DataConfig(
+            max_duration=args.max_duration, num_buckets=args.num_buckets, num_workers=args.num_workers,
+            spec_augment=args.spec_augment, noise_cuts=args.noise_cuts, speed_perturb=args.speed_perturb,
+            on_the_fly_feats=args.on_the_fly_feats, seed=args.seed,
+            return_clean=bool(getattr(loss_computer, "needs_clean_features", False)),
+        )
+        dm = AsrDataModule(data_cfg)
+        enc = model.encoder
+
+        def encoder_frames(t: int) -> int:
+            return int(enc.output_lengths(torch.tensor([t]))[0])
+
+        max_speed = max(data_cfg.speed_factors) if args.speed_perturb else 1.0
+        train_cuts = filter_short_cuts(_load_cuts(args.cuts_train, "--cuts-train"), tokenizer,
+                                       encoder_frames=encoder_frames, max_speed=max_speed)
+        if len(train_cuts) == 0:
+            raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
+        train_dl = dm.train_dataloader(train_cuts, sampler_state=ckpt.get("sampler") if ckpt else None)
+        valid_dl = None
+        if args.cuts_valid:
+            valid_cuts = filter_short_cuts(_load_cuts(args.cuts_valid, "--cuts-valid"), tokenizer,
+                                           encoder_frames=encoder_frames)
+            valid_dl = dm.valid_dataloader(valid_cuts)
+
+        tb = TensorBoardLogger(exp_dir / "tensorboard", enabled=dist.is_main and args.tensorboard)
+        meta = {
+            "model_config": model_cfg.to_dict(),
+            "feature_config": feature_config_dict(),
+            "bpe_model": str(Path(args.bpe_model).resolve()),
+            "bpe_sha256": bpe_sha,
+            "args": sanitize_args(args),
+        }
+        trainer = Trainer(
+            model, loss_computer, optimizer, scheduler,
+            TrainerConfig(
+                exp_dir=exp_dir, num_epochs=args.num_epochs, max_grad_norm=args.max_grad_norm,
+                amp=resolve_amp(args.amp, dist.device), save_every_n=args.save_every_n,
+                keep_last_k=args.keep_last_k, log_interval=args.log_interval,
+                max_bad_batches=args.max_bad_batches, find_unused_parameters=args.find_unused_parameters,
+                progress=args.progress, seed=args.seed,
+            ),
+            dist, sampler=dm.sampler, checkpoint_meta=meta, tb=tb,
+        )
+        if ckpt is not None:
+            trainer.load_state_dict(ckpt)
+            del ckpt
+        trainer.fit(train_dl, valid_dl)
+
+        out: Optional[Path] = None
+        if dist.is_main and args.avg > 0:
+            avg = min(args.avg, args.num_epochs)
+            paths = epoch_checkpoints(exp_dir, args.num_epochs, avg)
+            out = save_averaged(paths, exp_dir / "pretrained.pt")
+            log.info("wrote %s (average of %s)", out, [p.name for p in paths])
+        barrier()
+        return out
+    finally:
+        if tb is not None:
+            tb.close()
+        cleanup_distributed()

@@ -1,0 +1,162 @@
+"""End-to-end CLI training on a tiny synthetic corpus: exact resume, checkpoint format, averaging.
+
+Exact-resume conditions: CPU, one thread, ``--num-workers 0``, same flags and
+cuts.  The student is causal with dynamic chunk training, dropout and
+SpecAugment on, so the model RNG, the sampler position and the augmentation
+seeding all have to be restored for the parameters to match bit for bit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr_kd.bin.train import main as train_main
+from asr_kd.train.checkpoint import load_checkpoint, load_model
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from lhotse import NumpyFilesWriter
+
+    from asr_kd.data.features import lhotse_fbank_extractor
+    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
+    from asr_kd.data.tokenizer import train_bpe
+
+    d = tmp_path_factory.mktemp("train_corpus")
+    cuts = make_synthetic_cuts(d / "wav", num_cuts=16, max_words=4, seed=3)
+    bpe = train_bpe(write_transcripts(cuts, d / "tr.txt"), d / "lang", vocab_size=20)
+    feats = cuts.compute_and_store_features(
+        lhotse_fbank_extractor(), d / "feats", storage_type=NumpyFilesWriter, progress_bar=False
+    ).to_eager()
+    feats.subset(first=12).to_file(d / "train.jsonl.gz")
+    feats.subset(last=4).to_file(d / "valid.jsonl.gz")
+    return {"train": d / "train.jsonl.gz", "valid": d / "valid.jsonl.gz", "bpe": bpe}
+
+
+def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
+    return [
+        "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
+        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true",
+        "--chunk-size", "4,8", "--left-context", "8,-1", "--num-epochs", str(epochs),
+        "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "3",
+        "--lr", "5e-3", "--warmup-batches", "2", "--warm-step", "4", "--log-interval", "2",
+        "--progress", "false", "--seed", "11", *extra,
+    ]
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert ca["batch_idx_train"] == cb["batch_idx_train"]
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), f"{k} differs between {a} and {b}"
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k])
+    assert ca["valid_loss"] == cb["valid_loss"]
+    assert ca["sampler"] == cb["sampler"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("exp_ref")
+    train_main(_argv(corpus, exp, "--avg", "2"))
+    return exp
+
+
+def test_checkpoint_contents_and_outputs(reference_run) -> None:
+    exp = reference_run
+    names = {p.name for p in exp.glob("*.pt")}
+    # with this seed: 5 batches in epoch 1, 4 in epoch 2; a checkpoint every 3 batches
+    assert names == {"checkpoint-3.pt", "checkpoint-6.pt", "checkpoint-9.pt", "epoch-1.pt", "epoch-2.pt",
+                     "pretrained.pt"}
+    ck = load_checkpoint(exp / "checkpoint-3.pt")
+    for key in ("model", "model_config", "feature_config", "bpe_model", "bpe_sha256", "optimizer",
+                "scheduler", "sampler", "rng", "epoch", "batch_idx", "batch_idx_train", "args"):
+        assert key in ck, key
+    assert (ck["epoch"], ck["batch_idx"], ck["epoch_done"]) == (1, 3, False)
+    assert ck["model_config"]["encoder"]["dynamic_chunk"] is True
+    assert ck["feature_config"]["num_mel_bins"] == 80
+    ep = load_checkpoint(exp / "epoch-2.pt")
+    assert ep["epoch_done"] and ep["valid_loss"] is not None and ep["batch_idx_train"] == 9
+    # pretrained.pt = mean of epochs 1 and 2
+    pre = load_checkpoint(exp / "pretrained.pt")
+    assert pre["averaged_from"] == ["epoch-1.pt", "epoch-2.pt"]
+    e1 = load_checkpoint(exp / "epoch-1.pt")["model"]
+    for k, v in pre["model"].items():
+        if torch.is_floating_point(v):
+            assert torch.equal(v, ((e1[k].double() + ep["model"][k].double()) / 2).to(v.dtype))
+    model = load_model(exp / "pretrained.pt")
+    assert not model.training and model.config.encoder.causal
+    assert list((exp / "tensorboard").glob("events.out.tfevents.*"))
+    log_text = (exp / "log" / "train-rank0.log").read_text()
+    assert "filter_short_cuts: dropped 0 of 12 cuts" in log_text
+
+
+def test_resume_mid_epoch_is_exact(corpus, reference_run, tmp_path) -> None:
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    # "interrupted" right after checkpoint-3 (batch 3 of 5 in epoch 1)
+    shutil.copy(reference_run / "checkpoint-3.pt", exp / "checkpoint-3.pt")
+    train_main(_argv(corpus, exp, "--resume", "--avg", "0"))
+    for name in ("epoch-1.pt", "checkpoint-6.pt", "epoch-2.pt"):
+        _assert_same_state(reference_run / name, exp / name)
+    assert not (exp / "pretrained.pt").exists()
+
+
+def test_resume_after_last_batch_of_epoch(corpus, reference_run, tmp_path) -> None:
+    """checkpoint-9 follows the last batch of epoch 2: resume only validates and saves epoch-2."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(reference_run / "checkpoint-9.pt", exp / "checkpoint-9.pt")
+    assert load_checkpoint(exp / "checkpoint-9.pt")["batch_idx"] == 4
+    train_main(_argv(corpus, exp, "--resume", "--avg", "0"))
+    _assert_same_state(reference_run / "epoch-2.pt", exp / "epoch-2.pt")
+
+
+def test_resume_at_epoch_boundary_is_exact(corpus, reference_run, tmp_path) -> None:
+    exp = tmp_path / "exp"
+    train_main(_argv(corpus, exp, "--avg", "0", epochs=1))  # a run that stops after epoch 1
+    _assert_same_state(reference_run / "epoch-1.pt", exp / "epoch-1.pt")
+    train_main(_argv(corpus, exp, "--resume", str(exp / "epoch-1.pt"), "--avg", "0"))
+    _assert_same_state(reference_run / "epoch-2.pt", exp / "epoch-2.pt")
+
+
+def test_resume_with_other_model_flags_fails(corpus, reference_run, tmp_path) -> None:
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(reference_run / "epoch-1.pt", exp / "epoch-1.pt")
+    argv = _argv(corpus, exp, "--resume")
+    argv[argv.index("4,8")] = "8"
+    with pytest.raises(ValueError, match="model_config"):
+        train_main(argv)
+
+
+def test_teacher_trains_and_loss_falls(corpus, tmp_path) -> None:
+    """Full-context teacher for a few epochs on 12 cuts: the validation loss goes down."""
+    exp = tmp_path / "teacher"
+    argv = _argv(corpus, exp, "--causal", "false", "--dropout", "0", "--spec-augment", "false",
+                 "--save-every-n", "0", epochs=4)
+    for flag in ("--chunk-size", "--left-context"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    train_main(argv)
+    v1 = load_checkpoint(exp / "epoch-1.pt")["valid_loss"]
+    v4 = load_checkpoint(exp / "epoch-4.pt")["valid_loss"]
+    assert v4 < v1
+    assert not load_checkpoint(exp / "epoch-4.pt")["model_config"]["encoder"]["causal"]
+
+
+def test_init_from_copies_weights_only(corpus, reference_run, tmp_path) -> None:
+    exp = tmp_path / "exp"
+    train_main(_argv(corpus, exp, "--init-from", str(reference_run / "epoch-2.pt"), "--lr", "1e-12",
+                     "--avg", "0", "--save-every-n", "0", epochs=1))
+    ck = load_checkpoint(exp / "epoch-1.pt")
+    ref = load_checkpoint(reference_run / "epoch-2.pt")["model"]
+    assert ck["batch_idx_train"] == 5  # a fresh run: epoch 1 again, new optimiser
+    for k, v in ck["model"].items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6)

@@ -1,0 +1,238 @@
+"""asr_kd.train building blocks: schedule, loss scales, checkpoints, averaging, NaN guard."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from asr_kd.train import checkpoint as ckpt_mod
+from asr_kd.train.args import int_list, sanitize_args, str2bool
+from asr_kd.train.checkpoint import (
+    atomic_torch_save,
+    average_state_dicts,
+    epoch_checkpoints,
+    get_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    set_rng_state,
+)
+from asr_kd.train.distributed import DistInfo
+from asr_kd.train.losses import TransducerLossConfig, loss_scales
+from asr_kd.train.metrics import MetricsTracker
+from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
+from asr_kd.train.trainer import BadBatchError, Trainer, TrainerConfig
+
+
+# ---------------------------------------------------------------- schedule / optimiser
+
+
+def test_schedule_formula_and_shape() -> None:
+    cfg = OptimConfig(lr=1e-3, warmup_batches=10, lr_batches=100.0, lr_epochs=2.0)
+    f = WarmupDecaySchedule.lr_at
+    assert f(cfg, 0, 0) == pytest.approx(1e-4)  # (0+1)/W
+    assert f(cfg, 9, 0) == pytest.approx(1e-3 * (1 + 9 / 100) ** -0.5)
+    warm = [f(cfg, b, 0) for b in range(10)]
+    assert all(a < b for a, b in zip(warm, warm[1:]))  # rises during warm-up
+    tail = [f(cfg, b, 0) for b in range(10, 400)]
+    assert all(a > b for a, b in zip(tail, tail[1:]))  # then decays
+    assert f(cfg, 300, 0) == pytest.approx(1e-3 * 4 ** -0.5)
+    assert f(cfg, 300, 2) == pytest.approx(f(cfg, 300, 0) * 2 ** -0.5)
+    inf = OptimConfig(lr=1e-3, warmup_batches=1, lr_batches=math.inf, lr_epochs=math.inf)
+    assert f(inf, 10_000, 50) == pytest.approx(1e-3)
+
+
+def test_schedule_applies_and_restores() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    cfg = OptimConfig(lr=1e-2, warmup_batches=4)
+    opt = build_optimizer(model.parameters(), cfg)
+    # matrices decayed, vectors not
+    groups = {g["weight_decay"]: len(g["params"]) for g in opt.param_groups}
+    assert groups == {cfg.weight_decay: 1, 0.0: 3}
+    sched = WarmupDecaySchedule(opt, cfg)
+    for _ in range(7):
+        sched.step_batch()
+    sched.step_epoch()
+    assert opt.param_groups[0]["lr"] == pytest.approx(WarmupDecaySchedule.lr_at(cfg, 7, 1))
+    other = WarmupDecaySchedule(build_optimizer(model.parameters(), cfg), cfg)
+    other.load_state_dict(sched.state_dict())
+    assert other.optimizer.param_groups[1]["lr"] == pytest.approx(sched.get_lr())
+
+
+def test_loss_scales_warmup() -> None:
+    cfg = TransducerLossConfig(simple_loss_scale=0.5, pruned_scale_start=0.1, warm_step=100)
+    assert loss_scales(0, cfg) == pytest.approx((1.0, 0.1))
+    assert loss_scales(100, cfg) == pytest.approx((0.5, 1.0))
+    assert loss_scales(10_000, cfg) == pytest.approx((0.5, 1.0))
+    assert loss_scales(50, cfg) == pytest.approx((0.75, 0.55))  # smoothstep(1/2) = 1/2
+    seq = [loss_scales(s, cfg) for s in range(0, 101, 5)]
+    assert all(a[0] >= b[0] and a[1] <= b[1] for a, b in zip(seq, seq[1:]))
+    assert loss_scales(7, TransducerLossConfig(warm_step=0)) == pytest.approx((0.5, 1.0))
+
+
+def test_arg_types() -> None:
+    assert int_list("16, 8,32") == (16, 8, 32)
+    assert int_list("-1") == (-1,)
+    with pytest.raises(argparse.ArgumentTypeError):
+        int_list("a,b")
+    assert str2bool("True") and not str2bool("0")
+    with pytest.raises(argparse.ArgumentTypeError):
+        str2bool("maybe")
+    ns = argparse.Namespace(a=(1, 2), b=Path("x"), c=None)
+    assert sanitize_args(ns) == {"a": [1, 2], "b": "x", "c": None}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "epoch-1.pt"
+    atomic_torch_save({"model": {"w": torch.ones(3)}}, path)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def crash(obj, f, *a, **k):  # write part of the data, then die
+        real_save({"model": {"w": torch.zeros(1000)}}, f)
+        f.flush()
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"model": {"w": torch.zeros(3)}}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert path.read_bytes() == before  # old file intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-1.pt"]  # no temp left behind
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_load_checkpoint_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(bad)
+
+
+def test_rng_roundtrip_through_checkpoint(tmp_path) -> None:
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # populate numpy's cached gaussian flag paths
+    state = get_rng_state()
+    atomic_torch_save({"model": {}, "rng": [state]}, tmp_path / "r.pt")
+    expect = (random.random(), float(np.random.standard_normal()), float(torch.rand(())))
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"][0])
+    got = (random.random(), float(np.random.standard_normal()), float(torch.rand(())))
+    assert got == expect
+
+
+def test_average_equals_manual_and_load_model(tmp_path) -> None:
+    from asr_kd.models import build_transducer, preset_config
+
+    cfg = preset_config("tiny", "teacher", vocab_size=11)
+    paths, states = [], []
+    for i in range(3):
+        torch.manual_seed(i)
+        model = build_transducer(cfg)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        paths.append(atomic_torch_save({"model": model.state_dict(), "model_config": cfg.to_dict(),
+                                        "bpe_sha256": "x", "epoch": i + 1}, tmp_path / f"epoch-{i + 1}.pt"))
+    avg = average_state_dicts(states)
+    for k, v in avg.items():
+        if torch.is_floating_point(v):
+            manual = sum(s[k].double() for s in states) / 3
+            assert torch.equal(v, manual.to(v.dtype))
+        else:
+            assert torch.equal(v, states[-1][k])
+    assert epoch_checkpoints(tmp_path, None, 2) == paths[1:]
+    with pytest.raises(FileNotFoundError):
+        epoch_checkpoints(tmp_path, 3, 4)
+    model = ckpt_mod.load_model(paths[1:], "cpu")
+    assert not model.training
+    sd = model.state_dict()
+    for k in sd:
+        if torch.is_floating_point(sd[k]):
+            assert torch.equal(sd[k], ((states[1][k].double() + states[2][k].double()) / 2).float())
+    from asr_kd.bin.average import main as average_main
+
+    out = average_main(["--exp-dir", str(tmp_path), "--avg", "3", "--out", str(tmp_path / "avg.pt")])
+    ck = load_checkpoint(out)
+    assert ck["averaged_from"] == ["epoch-1.pt", "epoch-2.pt", "epoch-3.pt"]
+    for k, v in avg.items():
+        assert torch.equal(ck["model"][k], v)
+
+
+def test_latest_and_prune(tmp_path) -> None:
+    for b in (4, 8, 12):
+        atomic_torch_save({"model": {}, "batch_idx_train": b, "epoch_done": False}, tmp_path / f"checkpoint-{b}.pt")
+    atomic_torch_save({"model": {}, "batch_idx_train": 12, "epoch_done": True}, tmp_path / "epoch-2.pt")
+    assert latest_checkpoint(tmp_path).name == "epoch-2.pt"  # ties go to the epoch checkpoint
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["checkpoint-4.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-12.pt", "checkpoint-8.pt", "epoch-2.pt"]
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_metrics_tracker_frame_weighting() -> None:
+    t = MetricsTracker()
+    t.update({"frames": 10.0, "loss": 1.0})
+    t.update({"frames": 30.0, "loss": 3.0, "kd": 2.0})
+    avg = t.reduce().averages()
+    assert avg["loss"] == pytest.approx((10 * 1 + 30 * 3) / 40)
+    assert avg["kd"] == pytest.approx(30 * 2 / 40)
+
+
+# ---------------------------------------------------------------- NaN guard (toy model)
+
+
+class _ToyLoss:
+    """loss = mean((w x - y)^2) per frame; NaN when the batch says so."""
+
+    def __call__(self, model, batch, step):
+        x = batch["x"]
+        loss = ((model(x) - 1.0) ** 2).mean()
+        if batch.get("nan"):
+            loss = loss * float("nan")
+        return loss, {"frames": float(x.shape[0]), "loss": float(loss.detach())}
+
+
+def _toy_trainer(tmp_path, max_bad: int) -> Trainer:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    cfg = OptimConfig(lr=1e-2, warmup_batches=1)
+    opt = build_optimizer(model.parameters(), cfg)
+    return Trainer(model, _ToyLoss(), opt, WarmupDecaySchedule(opt, cfg),
+                   TrainerConfig(exp_dir=tmp_path, num_epochs=1, max_bad_batches=max_bad, progress=False),
+                   DistInfo(0, 1, 0, torch.device("cpu"), None))
+
+
+def test_nan_guard_skips_and_aborts(tmp_path, caplog) -> None:
+    tr = _toy_trainer(tmp_path, max_bad=3)
+    x = torch.randn(5, 4)
+    good, bad = {"x": x, "cut_ids": ["a"]}, {"x": x, "nan": True, "cut_ids": ["bad-cut"]}
+    tr.train_step(good)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    res = tr.train_step(bad)
+    assert res.skipped and tr.bad_in_row == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))  # no update
+    assert all(p.grad is None for p in tr.model.parameters())  # grads cleared
+    assert "bad-cut" in caplog.text
+    tr.train_step(bad)
+    assert not tr.train_step(good).skipped and tr.bad_in_row == 0  # a good batch resets the count
+    tr.train_step(bad), tr.train_step(bad)
+    with pytest.raises(BadBatchError, match="3 consecutive batches"):
+        tr.train_step(bad)
+    assert tr.batch_idx_train == 6  # skipped batches advance the counters (not the aborting one)
+
+
+def test_nan_gradient_is_skipped(tmp_path) -> None:
+    tr = _toy_trainer(tmp_path, max_bad=5)
+    with torch.no_grad():
+        tr.model.weight.fill_(float("inf"))  # finite inputs, inf output -> inf loss
+    res = tr.train_step({"x": torch.randn(2, 4)})
+    assert res.skipped
