@@ -1,0 +1,262 @@
+"""Decode a lhotse CutSet in one configuration (method × mode × chunk size).
+
+Used by ``python -m asr_kd.bin.decode`` and ``tools/bench_decode.py``.
+
+Every mode starts from the audio (``cut.load_audio()``, resampled to 16 kHz
+when needed) and the same front end (kaldi-native-fbank, the deployment
+front end; it matches the training features to ~1e-4), so modes differ only
+in the encoder's context and in the availability times:
+
+* ``offline``, ``simulated-streaming``: utterances sorted by duration
+  (longest first, ties by id) and batched up to ``max_duration`` seconds;
+  features from :func:`compute_online_fbank`; :mod:`.offline`.
+* ``streaming``: up to ``num_streams`` :class:`Stream` objects decoded
+  together by a :class:`StreamingDecoder` (audio fed whole, then
+  ``input_finished``; the result does not depend on the piece size).
+
+Degenerate audio (empty, shorter than one encoder frame, pure digital
+silence) gives an empty hypothesis and a note (logged, and stored in
+``UtteranceOutput.note``). A missing or unreadable audio file raises
+``RuntimeError`` naming the cut and the file.
+
+Decoding is deterministic: the same cuts and configuration give the same
+hypotheses and times. RTF (:class:`RtfMeter`) covers feature extraction,
+encoder and search, not audio loading.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from asr_kd.data.features import FBANK_OPTS, FEATURE_PAD_VALUE, compute_online_fbank
+from asr_kd.metrics.latency import TimedWords, reference_word_times, tokens_to_words
+from asr_kd.metrics.results import RtfMeter
+
+from .offline import MODES, encode, search
+from .streaming import StreamingDecoder, min_samples_for_output
+from .timing import token_times
+
+__all__ = ["DecodeSettings", "UtteranceOutput", "load_mono_audio", "decode_cuts", "bad_audio_note"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeSettings:
+    """One decoding configuration.
+
+    chunk_size / left_context are in encoder frames (40 ms); chunk_size is
+    required for the streaming modes; left_context None = the model's default.
+    """
+
+    method: str = "greedy"
+    mode: str = "offline"
+    beam: int = 4
+    max_symbols_per_frame: int = 1
+    chunk_size: Optional[int] = None
+    left_context: Optional[int] = None
+    max_duration: float = 200.0
+    num_streams: int = 32
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {MODES}")
+        if self.mode != "offline" and (self.chunk_size is None or self.chunk_size <= 0):
+            raise ValueError(f"mode {self.mode} needs a chunk size > 0 (encoder frames)")
+
+
+@dataclass
+class UtteranceOutput:
+    """Decoding result of one cut, with what the metrics need."""
+
+    cut_id: str
+    duration: float
+    ref_words: List[str]
+    ref_starts_s: Optional[List[float]]
+    ref_times_reason: str
+    tokens: List[int]
+    frames: List[int]
+    hyp: TimedWords
+    note: str = ""
+
+
+def load_mono_audio(cut: Any, sampling_rate: int = FBANK_OPTS.sampling_rate) -> np.ndarray:
+    """(N,) float32 samples of a cut at ``sampling_rate`` (first channel of multi-channel audio)."""
+    def source() -> str:
+        rec = getattr(cut, "recording", None)
+        srcs = getattr(rec, "sources", None) or []
+        return ", ".join(str(s.source) for s in srcs) or "<no recording>"
+
+    if not getattr(cut, "has_recording", False):
+        raise RuntimeError(f"cut {cut.id}: has no recording to decode")
+    try:
+        if cut.sampling_rate != sampling_rate:
+            cut = cut.resample(sampling_rate)
+        audio = cut.load_audio()
+    except Exception as e:  # lhotse raises many types for missing/corrupt files
+        raise RuntimeError(f"cut {cut.id}: cannot read audio from {source()}: "
+                           f"{type(e).__name__}: {e}") from e
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio[0]
+    return np.ascontiguousarray(audio.reshape(-1))
+
+
+def bad_audio_note(samples: np.ndarray, min_samples: int) -> str:
+    """Why an utterance gets an empty hypothesis without decoding ("" = decode it)."""
+    n = int(samples.size)
+    if n == 0:
+        return "empty audio: empty hypothesis"
+    if n < min_samples:
+        return (f"audio of {n} samples ({1000.0 * n / FBANK_OPTS.sampling_rate:.1f} ms) is shorter than "
+                f"the encoder's minimum ({min_samples} samples): empty hypothesis")
+    if not np.any(samples):
+        return "pure digital silence: empty hypothesis"
+    if not np.all(np.isfinite(samples)):
+        raise ValueError("audio contains NaN or inf samples")
+    return ""
+
+
+def _reference(cut: Any) -> tuple:
+    sups = list(cut.supervisions)
+    words = " ".join((s.text or "").strip() for s in sups).split()
+    if len(sups) != 1:
+        if not sups:
+            return words, None, "cut has no supervision"
+        return words, None, "cut has several supervisions (word times used only for one)"
+    times, reason = reference_word_times(sups[0], words)
+    return words, times, reason
+
+
+def _batches(cuts: Sequence[Any], max_duration: float, max_count: int) -> Iterator[List[Any]]:
+    batch: List[Any] = []
+    total = 0.0
+    for c in cuts:
+        if batch and (total + c.duration > max_duration or len(batch) >= max_count):
+            yield batch
+            batch, total = [], 0.0
+        batch.append(c)
+        total += c.duration
+    if batch:
+        yield batch
+
+
+def decode_cuts(model: nn.Module, id_to_piece: Callable[[int], str], cuts: Any, settings: DecodeSettings,
+                rtf: Optional[RtfMeter] = None, progress: Optional[Callable[[int], None]] = None,
+                ) -> List[UtteranceOutput]:
+    """Decode every cut; outputs sorted by cut id.
+
+    Args:
+      model: transducer in eval mode on ``settings.device``.
+      id_to_piece: token id -> sentencepiece piece (word grouping).
+      cuts: a lhotse CutSet (or a sequence of cuts).
+      rtf: accumulates decode time and audio duration when given.
+      progress: called with the number of utterances finished after each batch.
+    """
+    model.eval()
+    device = torch.device(settings.device)
+    rtf = rtf if rtf is not None else RtfMeter()
+    ordered = sorted(cuts, key=lambda c: (-c.duration, c.id))
+    min_samples = min_samples_for_output(model.encoder)
+    chunk = settings.chunk_size if settings.mode != "offline" else None
+    streamer = None
+    if settings.mode == "streaming":
+        lc = settings.left_context
+        if lc is None:
+            lc = model.encoder.cfg.left_contexts[0] if model.encoder.cfg.left_contexts else -1
+        streamer = StreamingDecoder(model, settings.chunk_size, lc, settings.method, settings.beam,
+                                    settings.max_symbols_per_frame, device)
+    outputs: List[UtteranceOutput] = []
+    limit = settings.num_streams if streamer is not None else 1 << 30
+    for batch in _batches(ordered, settings.max_duration, limit):
+        audios, notes = [], []
+        for cut in batch:
+            audio = load_mono_audio(cut)
+            try:
+                note = bad_audio_note(audio, min_samples)
+            except ValueError as e:
+                raise ValueError(f"cut {cut.id}: {e}") from e
+            if note:
+                log.info("cut %s: %s", cut.id, note)
+            audios.append(audio)
+            notes.append(note)
+        todo = [i for i, n in enumerate(notes) if not n]
+        results: dict = {}
+        with rtf.timing():
+            if todo and streamer is not None:
+                res = streamer.decode_waveforms([audios[i] for i in todo], [batch[i].id for i in todo])
+                results = {i: (r.tokens, r.frames) for i, r in zip(todo, res)}
+            elif todo:
+                feats = [compute_online_fbank(audios[i]) for i in todo]
+                lens = torch.tensor([f.size(0) for f in feats], dtype=torch.int64)
+                padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True,
+                                                         padding_value=FEATURE_PAD_VALUE).to(device)
+                enc, enc_lens = encode(model, padded, lens.to(device), settings.mode,
+                                       settings.chunk_size, settings.left_context)
+                res = search(model, enc, enc_lens, settings.method, settings.beam,
+                             settings.max_symbols_per_frame)
+                results = {i: (r.tokens, r.frames) for i, r in zip(todo, res)}
+        for i, cut in enumerate(batch):
+            rtf.add_audio(audios[i].size / FBANK_OPTS.sampling_rate)
+            tokens, frames = results.get(i, ([], []))
+            emis, avail = token_times(frames, int(audios[i].size), chunk, encoder=model.encoder)
+            hyp = tokens_to_words([id_to_piece(t) for t in tokens], emis, avail)
+            words, times, reason = _reference(cut)
+            outputs.append(UtteranceOutput(cut.id, float(cut.duration), words, times, reason,
+                                           list(tokens), list(frames), hyp, notes[i]))
+        if progress is not None:
+            progress(len(batch))
+    outputs.sort(key=lambda o: o.cut_id)
+    return outputs
+
+
+def forced_alignment_times(model: nn.Module, tokenizer: Any, cuts: Any, device: str = "cpu",
+                           progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Reference word start times from forced alignment with ``model`` (fallback only).
+
+    Each cut's transcript is tokenized, aligned to the model's offline
+    encoder output (:func:`asr_kd.decode.align.forced_align`), and a word's
+    start is the emission time of its first token (frame × 40 ms). These
+    times favour students that copy this model's timing: prefer corpus times.
+
+    Returns:
+      cut id -> (word start times or None, reason when None).
+    """
+    from .align import forced_align
+
+    model.eval()
+    min_samples = min_samples_for_output(model.encoder)
+    out = {}
+    for cut in sorted(cuts, key=lambda c: c.id):
+        words, _, _ = _reference(cut)
+        if not words:
+            out[cut.id] = (None, "empty reference")
+            continue
+        audio = load_mono_audio(cut)
+        if bad_audio_note(audio, min_samples):
+            out[cut.id] = (None, "audio too short or silent to align")
+            continue
+        feats = compute_online_fbank(audio)[None].to(device)
+        lens = torch.tensor([feats.size(1)], device=device)
+        enc, enc_lens = encode(model, feats, lens, "offline")
+        toks = tokenizer.encode([" ".join(words)])[0]
+        try:
+            frames, _ = forced_align(model, enc[0, : int(enc_lens[0])], toks)
+        except ValueError as e:
+            out[cut.id] = (None, f"forced alignment failed: {e}")
+            continue
+        emis, _ = token_times(frames, int(audio.size), None, encoder=model.encoder)
+        timed = tokens_to_words([tokenizer.id_to_piece(t) for t in toks], emis, emis)
+        if [w.upper() for w in timed.words] != [w.upper() for w in words]:
+            out[cut.id] = (None, "tokenized transcript does not map back to its words")
+        else:
+            out[cut.id] = (timed.emission_s, "")
+        if progress is not None:
+            progress(1)
+    return out

@@ -1,0 +1,201 @@
+"""End to end: python -m asr_kd.bin.decode and asr_kd.bin.compare on a tiny synthetic set."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from lhotse import CutSet, Recording, SupervisionSegment
+from lhotse.supervision import AlignmentItem
+from lhotse.utils import fastcopy
+
+from asr_kd.bin import compare as compare_cli
+from asr_kd.bin import decode as decode_cli
+from asr_kd.data.features import feature_config_dict
+from asr_kd.data.testing import WORDS, make_synthetic_cuts, write_transcripts
+from asr_kd.data.tokenizer import Tokenizer, file_sha256, train_bpe
+from asr_kd.decode import DecodeSettings, decode_cuts
+from asr_kd.metrics.results import REQUIRED_FIELDS
+from asr_kd.models import build_transducer, preset_config
+
+
+def _with_word_times(cut):
+    """Word alignment from the synthesis recipe of asr_kd.data.testing (0.1 s lead, tone + 50 ms gap)."""
+    sup = cut.supervisions[0]
+    t, items = 0.1, []
+    for w in sup.text.split():
+        dur = 0.18 + 0.04 * (WORDS.index(w) % 3)
+        items.append(AlignmentItem(w, round(t, 4), round(dur, 4)))
+        t += dur + 0.05
+    sup = fastcopy(sup, alignment={"word": items})
+    return fastcopy(cut, supervisions=[sup])
+
+
+def _bad_cut(d, name, samples, text="ALPHA"):
+    path = d / f"{name}.wav"
+    sf.write(str(path), samples.astype(np.float32), 16000, subtype="PCM_16")
+    rec = Recording.from_file(path, recording_id=name)
+    cut = rec.to_cut()
+    cut.supervisions = [SupervisionSegment(name, name, 0.0, rec.duration, text=text)]
+    return cut
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dec")
+    cuts = make_synthetic_cuts(d / "wav", num_cuts=5, seed=3)
+    write_transcripts(cuts, d / "text.txt")
+    bpe = train_bpe(d / "text.txt", d / "lang", vocab_size=20)
+    good = CutSet.from_cuts([_with_word_times(c) for c in cuts])
+    bad = [_bad_cut(d, "empty", np.zeros(0)), _bad_cut(d, "short", 0.1 * np.ones(500)),
+           _bad_cut(d, "silence", np.zeros(16000))]
+    all_cuts = good + CutSet.from_cuts(bad)
+    all_cuts.to_file(d / "cuts_test.jsonl.gz")
+    cuts.to_file(d / "cuts_noali.jsonl.gz")  # no word alignments
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", "student", vocab_size=Tokenizer(bpe).vocab_size, chunk_sizes=(8,),
+                        left_contexts=(16,))
+    model = build_transducer(cfg).eval()
+    with torch.no_grad():  # random model: let tokens win on some frames
+        model.joiner.output_linear.bias[0] -= 1.0
+    ckpt = d / "epoch-1.pt"
+    torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(),
+                "feature_config": feature_config_dict(), "bpe_model": str(bpe),
+                "bpe_sha256": file_sha256(bpe), "epoch": 1, "batch_idx": 0}, ckpt)
+    return d, ckpt, bpe, model
+
+
+def _run(d, ckpt, out, *extra):
+    args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out),
+            "--model-name", "tiny", "--no-progress", *extra]
+    assert decode_cli.main(args) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_decode_modes_rows_and_determinism(setup, tmp_path):
+    d, ckpt, _, _ = setup
+    out = tmp_path / "out"
+    rows = _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320,640")
+    rows = _run(d, ckpt, out, "--mode", "simulated-streaming", "--chunk-sizes-ms", "320", "640")
+    rows = _run(d, ckpt, out, "--mode", "offline")
+    rows = _run(d, ckpt, out, "--mode", "streaming", "--method", "modified_beam_search", "--beam", "2",
+                "--chunk-sizes-ms", "320")
+    assert len(rows) == 6
+    for r in rows:
+        assert set(REQUIRED_FIELDS) <= set(r)
+        assert r["test_set"] == "test" and r["model"] == "tiny" and r["num_threads"] == 1
+        assert r["num_utts"] == 8 and r["num_empty_by_bad_audio"] == 3
+        assert r["ref_times"] == "corpus"
+        assert r["rtf"] > 0
+    by = {(r["mode"], r["decoding"], r["chunk_ms"]): r for r in rows}
+    stream, sim = by[("streaming", "greedy", 320)], by[("simulated-streaming", "greedy", 320)]
+    assert stream["chunk_frames"] == 32 and stream["left_context_ms"] == 640
+    assert by[("offline", "greedy", None)]["chunk_ms"] is None
+    for k in ("wer", "first_token_latency_ms", "mean_symbol_delay_ms", "mean_availability_delay_ms"):
+        assert stream[k] == sim[k]
+    # streaming and simulated streaming: the same hypotheses and times, file for file
+    for kind, ext in (("recogs", "txt"), ("errs", "txt"), ("timings", "jsonl")):
+        a = out / f"{kind}-test-greedy-streaming-chunk320ms-left640ms.{ext}"
+        b = out / f"{kind}-test-greedy-simulated-streaming-chunk320ms-left640ms.{ext}"
+        assert a.read_bytes() == b.read_bytes()
+    timings = [json.loads(x) for x in (out / "timings-test-greedy-offline.jsonl").read_text().splitlines()]
+    notes = {t["id"]: t["note"] for t in timings}
+    assert "empty audio" in notes["empty"] and "shorter" in notes["short"] and "silence" in notes["silence"]
+    assert all(t["hyp"] == [] for t in timings if t["note"])
+    assert any(t["hyp"] for t in timings)
+    # decoding twice gives identical files
+    first = {p.name: p.read_bytes() for p in out.glob("*.txt")}
+    _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320,640")
+    assert {p.name: p.read_bytes() for p in out.glob("*.txt")} == first
+    assert len(json.loads((out / "results.json").read_text())) == 6
+
+
+def test_latency_null_without_reference_times(setup, tmp_path, caplog):
+    d, ckpt, _, _ = setup
+    out = tmp_path / "o"
+    args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_noali.jsonl.gz"), "--out-dir", str(out),
+            "--no-progress", "--mode", "streaming", "--chunk-sizes-ms", "320"]
+    assert decode_cli.main(args) == 0
+    row = json.loads((out / "results.json").read_text())[0]
+    assert row["first_token_latency_ms"] is None and row["mean_symbol_delay_ms"] is None
+    assert row["ref_times"] is None and row["latency_reasons"]
+    assert "no word alignment" in caplog.text
+    # forced-alignment fallback fills them in and says where they came from
+    assert decode_cli.main(args + ["--align-checkpoint", str(ckpt), "--results-json",
+                                   str(out / "fa.json")]) == 0
+    row = json.loads((out / "fa.json").read_text())[0]
+    assert row["ref_times"].startswith("forced-alignment")
+    assert row["mean_symbol_delay_ms"] is not None or row["num_symbol_delay_words"] == 0
+
+
+def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys):
+    d, ckpt, bpe, model = setup
+    lost = _bad_cut(tmp_path, "lost", 0.1 * np.ones(4000))
+    (tmp_path / "lost.wav").unlink()
+    with pytest.raises(RuntimeError, match="lost.wav"):
+        decode_cuts(model, Tokenizer(bpe).id_to_piece, CutSet.from_cuts([lost]), DecodeSettings())
+    garbage = _bad_cut(tmp_path, "garbage", 0.1 * np.ones(4000))
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wav file")
+    for cut, name in ((lost, "lost.wav"), (garbage, "garbage.wav")):
+        CutSet.from_cuts([cut]).to_file(tmp_path / "cuts_bad.jsonl.gz")
+        rc = decode_cli.main(["--checkpoint", str(ckpt), "--cuts", str(tmp_path / "cuts_bad.jsonl.gz"),
+                              "--out-dir", str(tmp_path / "x"), "--no-progress"])
+        assert rc == 1 and name in capsys.readouterr().err
+    for extra, msg in ((["--mode", "streaming", "--chunk-sizes-ms", "300"], "multiple of 40"),
+                       (["--cuts", str(tmp_path / "nope.jsonl.gz")], "nope.jsonl.gz")):
+        args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"),
+                "--out-dir", str(tmp_path / "y"), "--no-progress", *extra]
+        assert decode_cli.main(args) == 1
+        assert msg in capsys.readouterr().err
+    assert decode_cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "--cuts", "c",
+                            "--out-dir", str(tmp_path)]) == 1
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_compare_cli(setup, tmp_path, capsys):
+    d, ckpt, _, _ = setup
+    out = tmp_path / "c"
+    _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320,640")
+    a = out / "recogs-test-greedy-streaming-chunk320ms-left640ms.txt"
+    b = out / "recogs-test-greedy-streaming-chunk640ms-left640ms.txt"
+    assert compare_cli.main([str(a), str(b), "--name-a", "c320", "--name-b", "c640",
+                             "--num-samples", "200", "--json", str(out / "cmp.json")]) == 0
+    text = capsys.readouterr().out
+    assert "c320" in text and "95% CI" in text
+    res = json.loads((out / "cmp.json").read_text())
+    assert res["num_utts"] == 8 and res["ci_low"] <= res["diff"] <= res["ci_high"]
+    assert compare_cli.main([str(a), str(out / "none.txt")]) == 1
+
+
+def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
+    """References = the model's own hypotheses: WER 0 and latencies recomputable by hand."""
+    d, ckpt, _, _ = setup
+    out = tmp_path / "a"
+    _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320")
+    name = "timings-test-greedy-streaming-chunk320ms-left640ms.jsonl"
+    timings = {t["id"]: t for t in map(json.loads, (out / name).read_text().splitlines())}
+    cuts = CutSet.from_file(d / "cuts_test.jsonl.gz")
+    oracle, lat, delay, avail_delay = [], [], [], []
+    for c in cuts:
+        t = timings[c.id]
+        if not t["hyp"]:
+            continue
+        starts = [max(0.0, e - 0.05) for e in t["hyp_emission_s"]]
+        items = [AlignmentItem(w, s, 0.1) for w, s in zip(t["hyp"], starts)]
+        sup = fastcopy(c.supervisions[0], text=" ".join(t["hyp"]), alignment={"word": items})
+        oracle.append(fastcopy(c, supervisions=[sup]))
+        lat.append(1000 * (t["hyp_availability_s"][0] - starts[0]))
+        delay += [1000 * (e - s) for e, s in zip(t["hyp_emission_s"], starts)]
+        avail_delay += [1000 * (a - s) for a, s in zip(t["hyp_availability_s"], starts)]
+    assert len(oracle) >= 2
+    CutSet.from_cuts(oracle).to_file(tmp_path / "cuts_oracle.jsonl.gz")
+    args = ["--checkpoint", str(ckpt), "--cuts", str(tmp_path / "cuts_oracle.jsonl.gz"),
+            "--out-dir", str(out), "--no-progress", "--mode", "streaming", "--chunk-sizes-ms", "320"]
+    assert decode_cli.main(args) == 0
+    row = [r for r in json.loads((out / "results.json").read_text()) if r["test_set"] == "oracle"][0]
+    assert row["wer"] == 0.0 and row["first_token_share_qualifying"] == 1.0
+    assert row["first_token_latency_ms"] == pytest.approx(np.mean(lat), abs=0.06)
+    assert row["first_token_latency_p90_ms"] == pytest.approx(np.percentile(lat, 90), abs=0.06)
+    assert row["mean_symbol_delay_ms"] == pytest.approx(np.mean(delay), abs=0.06)
+    assert row["mean_availability_delay_ms"] == pytest.approx(np.mean(avail_delay), abs=0.06)
+    assert row["mean_availability_delay_ms"] >= row["mean_symbol_delay_ms"]
