@@ -23,6 +23,8 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from asr_kd.train.checkpoint import load_model as load_checkpoint_model
+
 log = logging.getLogger("asr_kd.decode")
 
 FRAME_MS = 40  # encoder frame
@@ -109,40 +111,10 @@ def checkpoint_paths(args: argparse.Namespace) -> List[Path]:
     return paths
 
 
-def _fallback_load_model(paths: Sequence[Path], device: str) -> torch.nn.Module:
-    """Minimal reader of the checkpoint format in INTERFACES.md (used until asr_kd.train exists)."""
-    from asr_kd.models import TransducerConfig, build_transducer
-
-    avg = None
-    cfg = None
-    for pth in paths:
-        ck = torch.load(pth, map_location="cpu", weights_only=False)
-        if "model" not in ck or "model_config" not in ck:
-            raise ValueError(f"{pth}: not an asr_kd checkpoint (needs 'model' and 'model_config')")
-        cfg = cfg or ck["model_config"]
-        sd = ck["model"]
-        if avg is None:
-            avg = {k: v.clone().double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
-        else:
-            for k, v in sd.items():
-                if v.is_floating_point():
-                    avg[k] += v.double()
-    for k, v in avg.items():
-        if v.is_floating_point():
-            avg[k] = (v / len(paths)).float()
-    model = build_transducer(TransducerConfig.from_dict(cfg))
-    model.load_state_dict(avg)
-    return model.to(device).eval()
-
-
 def load_model(paths: Sequence[Path], device: str) -> torch.nn.Module:
-    try:
-        from asr_kd.train.checkpoint import load_model as _load
-    except ImportError:
-        log.warning("asr_kd.train.checkpoint is not available; using the built-in checkpoint reader")
-        return _fallback_load_model(paths, device)
+    """The model of one checkpoint, or the element-wise average of several, in eval mode."""
     arg: Any = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
-    return _load(arg, device).eval()
+    return load_checkpoint_model(arg, device).eval()
 
 
 def _bpe_from_checkpoint(path: Path) -> Optional[Path]:

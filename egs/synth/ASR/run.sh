@@ -9,6 +9,8 @@
 #   0  corpus: synthesise speech + word times  -> data/<preset>/corpus
 #   1  lhotse manifests + fbank features       -> data/<preset>/{manifests,fbank}
 #   2  BPE model (sentencepiece)                -> data/<preset>/lang_bpe_<vocab>
+#   3  full-context teacher                     -> EXP_DIR/teacher/pretrained.pt
+#   4  streaming baseline (chunk-wise student)  -> EXP_DIR/baseline/pretrained.pt
 #
 # Each stage writes data/<preset>/.stageN.done (or EXP_DIR/.stageN.done for
 # experiment stages) when it has finished, holding the settings it ran with; a
@@ -123,8 +125,41 @@ if run_stage 2; then
   fi
 fi
 
-# Stages 3-9 (teacher, streaming baseline, stage-1/stage-2 KD, ablations,
-# decoding, results) use: $data/fbank/cuts_{$train_set,$dev_set,<test_sets>}.jsonl.gz,
-# $lang_dir/bpe.model, and write under $exp_dir with $exp_dir/.stageN.done markers.
+# ---- experiment stages: every model is trained by the same entry point ----
+cuts_train=$data/fbank/cuts_${train_set}.jsonl.gz
+cuts_dev=$data/fbank/cuts_${dev_set}.jsonl.gz
+bpe_model=$lang_dir/bpe.model
+common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-model "$bpe_model"
+  --preset "$model_preset" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
+  --warmup-batches "$warmup_batches" --lr-batches "$lr_batches" --lr-epochs "$lr_epochs"
+  --warm-step "$warm_step" --avg "$avg" --seed 42)
+student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_context")
+
+# train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches
+# the arguments; an interrupted run resumes from its newest checkpoint.
+train_model() {
+  local n=$1 name=$2 key
+  shift 2
+  key="$*"
+  if stage_done "$exp_dir/$name/.done" "$key" && [ -f "$exp_dir/$name/pretrained.pt" ]; then
+    log "stage $n: $name already trained ($exp_dir/$name/pretrained.pt)"
+    return 0
+  fi
+  log "stage $n: training $name -> $exp_dir/$name"
+  if [ -f "$exp_dir/$name/.done" ]; then  # settings changed: start over
+    rm -rf "$exp_dir/$name"
+  fi
+  mkdir -p "$exp_dir/$name"
+  "$python" -m asr_kd.bin.train --exp-dir "$exp_dir/$name" --resume "$@"
+  mark_done "$exp_dir/$name/.done" "$key"
+}
+
+if run_stage 3; then
+  train_model 3 teacher "${common_train_args[@]}" --causal false --num-epochs "$teacher_epochs"
+fi
+
+if run_stage 4; then
+  train_model 4 baseline "${common_train_args[@]}" "${student_args[@]}" --num-epochs "$student_epochs"
+fi
 
 log "done (stages $stage..$stop_stage)"
