@@ -138,6 +138,9 @@ def _stream(enc: ConformerEncoder, x: torch.Tensor, k: int, lc: int, new_frames_
 @pytest.mark.parametrize("k,lc", [(3, -1), (3, 0), (3, 4), (2, 5), (4, 8)])
 def test_streaming_equals_masked_forward(k: int, lc: int) -> None:
     enc = ConformerEncoder(_cfg(True)).double().eval()
+    # non-trivial input normalisation: it must act identically in both paths
+    enc.subsampling.set_feature_stats(torch.linspace(-9, -3, F, dtype=torch.float64),
+                                      torch.linspace(2, 4, F, dtype=torch.float64))
     x = torch.randn(2, 4 * 17 + 5, F, dtype=torch.float64)  # 17 encoder frames: last chunk partial
     full = enc(x, torch.tensor([x.size(1)] * 2), chunk_size=k, left_context=lc).out
     for new_frames_only in (False, True):
@@ -202,3 +205,46 @@ def test_stack_unstack_states_regroup_streams() -> None:
     torch.testing.assert_close(out[1], ref[1, :k], rtol=0, atol=1e-10)
     a, b = unstack_states(batched)
     assert a["offset"].tolist() == [2 * k] and b["offset"].tolist() == [k]
+
+
+def test_feature_normalisation_equals_normalised_input() -> None:
+    """set_feature_stats(mean, std) on x == identity stats on (x - mean) / std; stats travel in state_dict."""
+    torch.manual_seed(0)
+    enc = ConformerEncoder(_cfg(False)).double().eval()
+    x = torch.randn(2, 40, F, dtype=torch.float64) * 3 - 6
+    lens = torch.tensor([40, 31])
+    mean, std = x.mean((0, 1)), x.std((0, 1))
+    plain = enc(((x - mean) / std), lens).out
+    enc.subsampling.set_feature_stats(mean, std)
+    torch.testing.assert_close(enc(x, lens).out, plain, rtol=0, atol=1e-12)
+    other = ConformerEncoder(_cfg(False)).double().eval()
+    other.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(other(x, lens).out, plain, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        enc.subsampling.set_feature_stats(torch.zeros(F + 1), torch.ones(F + 1))
+
+
+def test_estimate_feature_stats_matches_numpy(tmp_path) -> None:
+    """Global per-bin mean/std over all frames of the sampled cuts."""
+    import numpy as np
+    from lhotse import CutSet, Features, MonoCut, NumpyFilesWriter
+
+    from asr_kd.data.stats import estimate_feature_stats
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(-5, 2, size=(n, 80)).astype(np.float32) for n in (30, 17, 44)]
+    cuts = []
+    with NumpyFilesWriter(tmp_path) as writer:
+        for i, a in enumerate(arrays):
+            key = writer.write(f"c{i}", a)
+            dur = a.shape[0] * 0.01
+            feats = Features(type="fbank", num_frames=a.shape[0], num_features=80, frame_shift=0.01,
+                             sampling_rate=16000, start=0, duration=dur, storage_type=writer.name,
+                             storage_path=str(tmp_path), storage_key=key)
+            cuts.append(MonoCut(id=f"c{i}", start=0, duration=dur, channel=0, features=feats))
+    mean, std = estimate_feature_stats(CutSet.from_cuts(cuts))
+    allf = np.concatenate(arrays).astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), allf.mean(0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), allf.std(0), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        estimate_feature_stats(CutSet.from_cuts([]))

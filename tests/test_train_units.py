@@ -236,3 +236,47 @@ def test_nan_gradient_is_skipped(tmp_path) -> None:
         tr.model.weight.fill_(float("inf"))  # finite inputs, inf output -> inf loss
     res = tr.train_step({"x": torch.randn(2, 4)})
     assert res.skipped
+
+
+def test_ctc_auxiliary_loss_term_parameters_and_state() -> None:
+    """--ctc-scale w adds w * CTC_sum / N; the head is trainable, saved, and its gradient reaches the encoder."""
+    from asr_kd.models import build_transducer, preset_config
+    from asr_kd.train.losses import TransducerLossComputer, build_loss_computer
+
+    torch.manual_seed(0)
+    model = build_transducer(preset_config("tiny", "teacher", vocab_size=12))
+    tokens = [[3, 4, 5], [6, 7]]
+    batch = {"features": torch.randn(2, 120, 80), "feature_lens": torch.tensor([120, 97]),
+             "texts": ["x", "y"], "tokens": tokens}
+    args = argparse.Namespace(prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
+                              pruned_scale_start=0.1, warm_step=0, ctc_scale=0.3, kd_stage=None)
+    lc = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    assert isinstance(lc, TransducerLossComputer)
+    head = list(lc.parameters())
+    assert len(head) == 2 and head[0].shape == (12, model.encoder.output_dim)
+    model.eval()
+    loss, info = lc(model, batch, step=10)
+    out = model(batch["features"], batch["feature_lens"], tokens, prune_range=5, lm_scale=0.25)
+    frames = float(out.num_frames)
+    log_probs = lc.ctc_head(out.encoder_out).log_softmax(-1)
+    ctc = sum(
+        nn.functional.ctc_loss(log_probs[b, : out.encoder_lens[b]], torch.tensor(tokens[b]),
+                               out.encoder_lens[b: b + 1], torch.tensor([len(tokens[b])]), reduction="sum")
+        for b in range(2)
+    )
+    expected = (0.5 * out.simple_loss + out.pruned_loss + 0.3 * ctc) / frames
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert info["ctc_loss"] == pytest.approx(float(ctc.detach()) / frames, rel=1e-5)
+    # the CTC term alone sends gradient to the encoder
+    model.zero_grad()
+    lc.ctc_loss(model.encoder(batch["features"], batch["feature_lens"]).out,
+                model.encoder.output_lengths(batch["feature_lens"]), tokens).backward()
+    assert model.encoder.layers[0].ff1.linear1.weight.grad.abs().sum() > 0
+    assert model.decoder.embedding.weight.grad is None or model.decoder.embedding.weight.grad.abs().sum() == 0
+    sd = lc.state_dict()
+    args.ctc_scale = 0.3
+    lc2 = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    lc2.load_state_dict(sd)
+    torch.testing.assert_close(lc2.ctc_head.weight, lc.ctc_head.weight)
+    with pytest.raises(ValueError, match="ctc_scale"):
+        TransducerLossComputer(lambda t: [], TransducerLossConfig(), ctc_head=None, ctc_scale=0.5)

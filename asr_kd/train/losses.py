@@ -46,6 +46,19 @@ irrelevant nodes; the simple loss must first learn a rough alignment.  With
     c(step) = pruned_scale_start + (1 - pruned_scale_start) * h(r)   p0 -> 1
 
 Defaults: simple_loss_scale 0.5, pruned_scale_start 0.1, W 2000 batches.
+
+Optional CTC auxiliary loss (``--ctc-scale`` = w > 0): a linear head on the
+encoder output, ``log_softmax(W_ctc h_t)`` over the same vocabulary (blank
+id 0), and the CTC negative log-likelihood L_ctc summed over the batch:
+
+    loss = (a(step) * L_s + c(step) * L_p + w * L_ctc) / N
+
+Why: a transducer trained from scratch on a few hours of audio first learns
+its prediction network (the label prior) and only slowly makes the encoder
+carry acoustic information; CTC has no label context, so its gradient
+reaches the encoder only through acoustics. The head lives in the loss
+computer (``parameters()``/``state_dict()``), not in the model: inference
+and export never see it.
 """
 
 from __future__ import annotations
@@ -138,9 +151,17 @@ class TransducerLossComputer:
 
     needs_clean_features = False
 
-    def __init__(self, encode: Callable[[list[str]], list[list[int]]], cfg: TransducerLossConfig) -> None:
+    def __init__(self, encode: Callable[[list[str]], list[list[int]]], cfg: TransducerLossConfig,
+                 ctc_head: Optional[nn.Linear] = None, ctc_scale: float = 0.0, blank_id: int = 0) -> None:
+        if ctc_scale < 0:
+            raise ValueError(f"losses.py: ctc_scale must be >= 0, got {ctc_scale}")
+        if ctc_scale > 0 and ctc_head is None:
+            raise ValueError("losses.py: ctc_scale > 0 needs a ctc_head")
         self.encode = encode
         self.cfg = cfg
+        self.ctc_head = ctc_head
+        self.ctc_scale = ctc_scale
+        self.blank_id = blank_id
 
     def tokens(self, batch: dict[str, Any]) -> list[list[int]]:
         if "tokens" in batch:
@@ -151,21 +172,40 @@ class TransducerLossComputer:
         """``model(features, feature_lens, tokens, prune_range, am_scale, lm_scale, **forward_kwargs)``."""
         device = next(model.parameters()).device
         features, feature_lens = batch_to_device(batch, device, ("features", "feature_lens"))
-        return model(
+        tokens = self.tokens(batch)
+        out = model(
             features,
             feature_lens,
-            self.tokens(batch),
+            tokens,
             prune_range=self.cfg.prune_range,
             am_scale=self.cfg.am_scale,
             lm_scale=self.cfg.lm_scale,
             **forward_kwargs,
         )
+        if self.ctc_scale > 0:
+            out.ctc_loss = self.ctc_loss(out.encoder_out, out.encoder_lens, tokens)
+        return out
+
+    def ctc_loss(self, encoder_out: Tensor, encoder_lens: Tensor, tokens: list[list[int]]) -> Tensor:
+        """CTC NLL summed over the batch; encoder_out (B,T,D), encoder_lens (B,)."""
+        assert self.ctc_head is not None
+        log_probs = self.ctc_head(encoder_out).float().log_softmax(-1).transpose(0, 1)  # (T,B,V)
+        targets = torch.tensor([t for seq in tokens for t in seq], dtype=torch.int64, device=encoder_out.device)
+        target_lens = torch.tensor([len(seq) for seq in tokens], dtype=torch.int64, device=encoder_out.device)
+        # zero_infinity: an utterance with more tokens (plus repeats) than frames has no
+        # CTC path; it then contributes nothing instead of inf (the transducer loss still trains it).
+        return nn.functional.ctc_loss(log_probs, targets, encoder_lens, target_lens, blank=self.blank_id,
+                                      reduction="sum", zero_infinity=True)
 
     def transducer_loss(self, out: Any, step: int) -> tuple[Tensor, dict[str, float]]:
         """(a L_s + c L_p) / N and the per-frame info dict (keys: frames, loss, simple_loss, pruned_loss)."""
         frames = out.num_frames.to(torch.float32).clamp(min=1.0)
         a, c = loss_scales(step, self.cfg)
-        loss = (a * out.simple_loss + c * out.pruned_loss) / frames
+        total = a * out.simple_loss + c * out.pruned_loss
+        ctc = getattr(out, "ctc_loss", None)
+        if ctc is not None:
+            total = total + self.ctc_scale * ctc
+        loss = total / frames
         n = float(frames)
         info = {
             "frames": n,
@@ -173,19 +213,26 @@ class TransducerLossComputer:
             "simple_loss": float(out.simple_loss.detach()) / n,
             "pruned_loss": float(out.pruned_loss.detach()) / n,
         }
+        if ctc is not None:
+            info["ctc_loss"] = float(ctc.detach()) / n
         return loss, info
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
         return self.transducer_loss(self.forward_model(model, batch), step)
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        return iter(())
+        return iter(self.ctc_head.parameters()) if self.ctc_head is not None else iter(())
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"ctc_head": self.ctc_head.state_dict()} if self.ctc_head is not None else {}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        pass
+        if self.ctc_head is not None and "ctc_head" in sd:
+            self.ctc_head.load_state_dict(sd["ctc_head"])
+
+    def train(self, mode: bool = True) -> None:
+        if self.ctc_head is not None:
+            self.ctc_head.train(mode)
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,6 +247,8 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weight of the pruned loss at step 0 (ends at 1)")
     g.add_argument("--warm-step", type=int, default=2000,
                    help="batches over which the two loss weights reach their final values")
+    g.add_argument("--ctc-scale", type=float, default=0.0,
+                   help="weight of an auxiliary CTC loss on the encoder output (0: off)")
 
 
 def transducer_loss_config(args: argparse.Namespace) -> TransducerLossConfig:
@@ -225,7 +274,13 @@ def build_loss_computer(args: argparse.Namespace, model: nn.Module, tokenizer: O
         from asr_kd.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(args.bpe_model)
-    base = TransducerLossComputer(tokenizer.encode, transducer_loss_config(args))
+    ctc_scale = float(getattr(args, "ctc_scale", 0.0))
+    ctc_head = None
+    if ctc_scale > 0:
+        device = next(model.parameters()).device
+        ctc_head = nn.Linear(model.encoder.output_dim, model.vocab_size).to(device)
+    base = TransducerLossComputer(tokenizer.encode, transducer_loss_config(args), ctc_head=ctc_head,
+                                  ctc_scale=ctc_scale, blank_id=model.blank_id)
     stage = getattr(args, "kd_stage", None)
     if stage in (None, "none", ""):
         return base

@@ -120,6 +120,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
     """Train as configured by ``args``; returns exp_dir/pretrained.pt on the main rank (or None)."""
     from asr_kd.data.datamodule import AsrDataModule, DataConfig, filter_short_cuts
     from asr_kd.data.features import check_feature_config, feature_config_dict
+    from asr_kd.data.stats import estimate_feature_stats
     from asr_kd.data.tokenizer import Tokenizer, file_sha256
     from asr_kd.models import build_transducer
 
@@ -185,6 +186,11 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
                                        encoder_frames=encoder_frames, max_speed=max_speed)
         if len(train_cuts) == 0:
             raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
+        if ckpt is None and not args.init_from:
+            # A fresh model: input normalisation from the training data (resume and
+            # --init-from bring theirs in the state_dict).
+            mean, std = estimate_feature_stats(train_cuts, on_the_fly=args.on_the_fly_feats)
+            model.encoder.subsampling.set_feature_stats(mean, std)
         train_dl = dm.train_dataloader(train_cuts, sampler_state=ckpt.get("sampler") if ckpt else None)
         valid_dl = None
         if args.cuts_valid:
