@@ -34,7 +34,8 @@ def test_shapes_and_frame_arithmetic() -> None:
     assert out.out.shape == (3, 25, 32)  # (103 - 3) // 4
     assert out.lens.tolist() == [25, 11, 1]
     assert len(out.hidden) == 2 and all(h.shape == (3, 25, 32) for h in out.hidden)
-    assert torch.equal(out.hidden[1], out.out)  # layer -1 is the last layer
+    # layer -1 is the last block; the encoder output is its final LayerNorm
+    torch.testing.assert_close(enc.final_norm(out.hidden[1]), out.out, rtol=0, atol=0)
     assert enc.output_dim == 32 and enc.subsampling_factor == 4
     assert enc.output_lengths(torch.tensor([0, 3, 6, 7, 10, 11])).tolist() == [0, 0, 0, 1, 1, 2]
     # 16 encoder frames = 640 ms = 64 feature frames, + 3 frames of front-end look-ahead

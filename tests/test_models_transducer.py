@@ -86,7 +86,9 @@ def test_forward_losses_grads_and_outputs(causal: bool) -> None:
     assert out.boundary.tolist() == [[0, 0, 5, 20], [0, 0, 3, 17], [0, 0, 0, 11]]
     r = out.ranges.size(-1)
     assert r >= 3 and out.ranges.shape == (3, 20, r) and out.logits.shape == (3, 20, r, V)
-    assert len(out.hidden) == 2 and out.hidden[1] is out.encoder_out
+    # hidden[i] is block i's (unnormalised) residual output; the encoder output is its final LayerNorm
+    assert len(out.hidden) == 2
+    torch.testing.assert_close(model.encoder.final_norm(out.hidden[1]), out.encoder_out, rtol=0, atol=0)
     (out.simple_loss + out.pruned_loss).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -133,7 +133,11 @@ class EncoderConfig:
 
 @dataclass
 class EncoderOutput:
-    """out (B, T', D); lens (B,) int64; hidden[i] (B, T', D) = output of layer return_layers[i]."""
+    """out (B, T', D); lens (B,) int64; hidden[i] (B, T', D) = output of layer return_layers[i].
+
+    Blocks are pre-norm, so ``hidden[i]`` is the unnormalised residual stream after
+    that block; ``out`` is ``final_norm`` of the last block's output.
+    """
 
     out: Tensor
     lens: Tensor
@@ -155,6 +159,8 @@ class ConformerEncoder(nn.Module):
             )
             for _ in range(cfg.num_layers)
         )
+        # pre-norm blocks leave the residual stream unnormalised: one LayerNorm at the end
+        self.final_norm = nn.LayerNorm(cfg.d_model)
 
     @property
     def output_dim(self) -> int:
@@ -245,7 +251,7 @@ class ConformerEncoder(nn.Module):
             x, _, _, _ = layer(x, positions, allowed, frame_valid)
             if i in wanted:
                 outputs[i] = x
-        return EncoderOutput(out=x, lens=lens, hidden=[outputs[i] for i in wanted])
+        return EncoderOutput(out=self.final_norm(x), lens=lens, hidden=[outputs[i] for i in wanted])
 
     # ------------------------------------------------------------------ streaming
 
@@ -359,4 +365,4 @@ class ConformerEncoder(nn.Module):
             "frontend": window[:, window.size(1) - Conv2dSubsampling.LOOKAHEAD :],
             "offset": offset + k,
         }
-        return x, new_states
+        return self.final_norm(x), new_states
