@@ -280,3 +280,23 @@ def test_ctc_auxiliary_loss_term_parameters_and_state() -> None:
     torch.testing.assert_close(lc2.ctc_head.weight, lc.ctc_head.weight)
     with pytest.raises(ValueError, match="ctc_scale"):
         TransducerLossComputer(lambda t: [], TransducerLossConfig(), ctc_head=None, ctc_scale=0.5)
+
+
+def test_setup_logging_gives_each_run_its_own_file(tmp_path) -> None:
+    """Two training runs in one process: each writes its own log file, one stderr handler in all."""
+    import logging
+
+    from asr_kd.train.run import setup_logging
+
+    log = logging.getLogger("asr_kd.test")
+    for name in ("a", "b"):
+        setup_logging(tmp_path / name, rank=0)
+        log.info("hello from run %s", name)
+    root = logging.getLogger()
+    assert sum(getattr(h, "_asr_kd", None) == "stream" for h in root.handlers) == 1
+    assert sum(getattr(h, "_asr_kd", None) == "file" for h in root.handlers) == 1
+    for h in root.handlers:
+        h.flush()
+    assert "hello from run a" in (tmp_path / "a/log/train-rank0.log").read_text()
+    b_text = (tmp_path / "b/log/train-rank0.log").read_text()
+    assert "hello from run b" in b_text and "run a" not in b_text

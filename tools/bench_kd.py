@@ -22,9 +22,13 @@ Parts (``--part``, repeatable; default: all that are available):
   once and the peak follows live tensor bytes; the default-allocator figure
   (which also counts heap fragmentation) is reported next to it.
 
-Stage step times (baseline / stage-1 / stage-2 steps with the per-part
-breakdown) belong to the training integration: add them as another entry of
-``PARTS`` with the same ``(args) -> dict`` signature.
+- ``steps``: one training step (forward, loss, backward, AdamW) of the
+  ``--preset`` student on one synthetic batch: baseline (transducer loss
+  only), stage 1 (+ hidden MSE, live teacher encoder) and stage 2 (+ KL over
+  the pruned lattice with adaptive-power smoothing, live teacher), with the
+  ratio to the baseline and a breakdown of the stage-2 extras (teacher
+  encoder, teacher decoder + simple lattice, teacher joiner on the ranges,
+  smoothing, KL forward+backward).
 
 Logits are synthetic but shaped like a trained transducer's: every node has
 one dominant entry (blank at most nodes) with a margin drawn from
@@ -33,6 +37,7 @@ diagonal of the lattice (what a converged model's pruning gives).
 
 Example:
   python tools/bench_kd.py --threads 2 --json bench_kd.json
+  python tools/bench_kd.py --part steps --preset small --batch 4 --frames 150 --num-symbols 36
 """
 
 from __future__ import annotations
@@ -341,7 +346,108 @@ def bench_memory(args: argparse.Namespace) -> dict:
     return out
 
 
+def bench_steps(args: argparse.Namespace) -> dict:
+    """Training step on one synthetic batch: baseline student, stage 1, stage 2 (+ breakdown).
+
+    Student (causal) and teacher (full context) of ``--preset`` with random
+    weights; B = --batch utterances of --frames encoder frames (4 * frames + 3
+    feature frames) and --num-symbols labels. A step is forward, loss,
+    backward and an AdamW update. The stage-2 breakdown times the teacher
+    parts (encoder, decoder + simple lattice, joiner on the student's ranges),
+    the smoothing and the KL (forward + backward) separately on the same data.
+    """
+    from asr_kd.distill import output_kd_loss, smooth_teacher
+    from asr_kd.models import build_transducer, preset_config
+    from asr_kd.train.kd import KDLossComputer
+    from asr_kd.train.kd_args import KDConfig
+    from asr_kd.train.losses import TransducerLossComputer, TransducerLossConfig
+
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    student = build_transducer(preset_config(args.preset, "student", args.vocab)).to(device)
+    teacher = build_transducer(preset_config(args.preset, "teacher", args.vocab)).to(device)
+    nf = 4 * args.frames + 3
+    batch = {
+        "features": torch.randn(args.batch, nf, 80, generator=g),
+        "feature_lens": torch.full((args.batch,), nf, dtype=torch.int64),
+        "tokens": torch.randint(1, args.vocab, (args.batch, args.num_symbols), generator=g).tolist(),
+    }
+    batch["clean_features"] = batch["features"].clone()
+    loss_cfg = TransducerLossConfig(warm_step=0, prune_range=args.prune_range)
+    smooth = {"smoothing": "adaptive-power", "target_entropy": args.target_entropy}
+
+    def computer(stage: Optional[str]):
+        base = TransducerLossComputer(lambda texts: [], loss_cfg)
+        if stage is None:
+            return base
+        cfg = KDConfig(stage=stage, teacher_checkpoint="(in memory)", target_entropy=args.target_entropy)
+        return KDLossComputer(base, teacher, cfg, student)
+
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    student.train()
+    out: dict = {"preset": args.preset, "batch": args.batch, "frames": args.frames, "num_symbols": args.num_symbols,
+                 "vocab": args.vocab, "prune_range": args.prune_range, "steps": {}, "stage2_breakdown": {}}
+    variants = {"baseline": None, "stage1_hidden": "hidden", "stage2_output": "output"}
+    steps = {}
+    for name, stage in variants.items():
+        lc = computer(stage)
+
+        def step(lc=lc) -> None:
+            loss, _ = lc(student, batch, 10_000)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        steps[name] = step
+        step()  # one-off costs (JIT, allocator, optimiser state) before any timing
+    for name, step in steps.items():
+        out["steps"][name] = time_call(step, device, args.repeats)
+    base_ms = out["steps"]["baseline"]["min_ms"]
+    for name in ("stage1_hidden", "stage2_output"):
+        out["steps"][name]["ratio_to_baseline"] = round(out["steps"][name]["min_ms"] / base_ms, 3)
+
+    # Breakdown of the stage-2 extras on the same batch.
+    kd = computer("output")
+    feats, lens = batch["features"].to(device), batch["feature_lens"].to(device)
+    with torch.no_grad():
+        s_out = kd.base.forward_model(student, batch)
+    t_enc = teacher.encoder(feats, lens).out.detach()
+    bd = {}
+
+    def teacher_encoder() -> None:
+        with torch.no_grad():
+            teacher.encoder(feats, lens)
+
+    def teacher_lattice() -> None:
+        kd._teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
+
+    t_dec, _, _ = kd._teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
+
+    def teacher_joiner() -> None:
+        with torch.no_grad():
+            teacher.joint_on_ranges(t_enc, t_dec, s_out.ranges)
+
+    with torch.no_grad():
+        t_logits = teacher.joint_on_ranges(t_enc, t_dec, s_out.ranges)
+    s_logits = s_out.logits.detach().requires_grad_(True)
+
+    def smoothing() -> None:
+        smooth_teacher(t_logits, "adaptive-power", target_entropy=args.target_entropy)
+
+    def kl() -> None:
+        output_kd_loss(s_logits, t_logits, s_out.ranges, s_out.boundary, **smooth).backward()
+
+    for name, fn in (("teacher_encoder", teacher_encoder), ("teacher_decoder_simple_lattice", teacher_lattice),
+                     ("teacher_joiner_on_ranges", teacher_joiner), ("smoothing_adaptive_power", smoothing),
+                     ("kl_fwd_bwd_incl_smoothing", kl)):
+        bd[name] = time_call(fn, device, args.repeats)
+    out["stage2_breakdown"] = bd
+    return out
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "steps": bench_steps,
     "smoothing": bench_smoothing,
     "kl": bench_kl,
     "memory": bench_memory,
@@ -384,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin-max", type=float, default=20.0)
     p.add_argument("--blank-share", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="small", choices=("tiny", "small", "full"), help="model preset of the steps part")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--memory-worker", choices=("pruned", "full"), default=None, help=argparse.SUPPRESS)
     return p

@@ -22,9 +22,10 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterator, List, Sequence, Union
+
+from asr_kd.atomic import atomic_write_bytes
 
 __all__ = ["BLANK", "UNK", "train_bpe", "Tokenizer", "file_sha256"]
 
@@ -57,15 +58,6 @@ def _read_transcripts(path: Path) -> List[str]:
         if BLANK in ln:
             raise ValueError(f"{path}: line {i + 1} contains the reserved symbol {BLANK!r}")
     return lines
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def train_bpe(transcript_file: Union[str, Path], out_dir: Union[str, Path], vocab_size: int,
@@ -151,11 +143,11 @@ def train_bpe(transcript_file: Union[str, Path], out_dir: Union[str, Path], voca
     vocab_text = "".join(
         f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(sp.get_piece_size())
     )
-    _atomic_write(out_dir / VOCAB_NAME, vocab_text.encode("utf-8"))
-    _atomic_write(model_path, model_bytes)
+    atomic_write_bytes(out_dir / VOCAB_NAME, vocab_text.encode("utf-8"))
+    atomic_write_bytes(model_path, model_bytes)
     meta["model_sha256"] = hashlib.sha256(model_bytes).hexdigest()
     meta["num_lines"] = len(lines)
-    _atomic_write(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     log.info("trained %s (%d pieces) from %d lines", model_path, sp.get_piece_size(), len(lines))
     return model_path
 

@@ -20,13 +20,14 @@ bytes):
 from __future__ import annotations
 
 import ast
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import kaldialign
+
+from asr_kd.atomic import atomic_write_text
 
 __all__ = [
     "EPS",
@@ -115,18 +116,6 @@ def corpus_wer(pairs: Iterable[Tuple[Sequence[str], Sequence[str]]]) -> ErrorCou
     for ref, hyp in pairs:
         total = total + utterance_errors(ref, hyp)
     return total
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 Results = Mapping[str, Tuple[Sequence[str], Sequence[str]]]

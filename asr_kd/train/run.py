@@ -46,20 +46,25 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO) -> None:
+    """One stderr handler per process, and a log file per run: a second run in the same
+    process (tests, notebooks) replaces the previous run's file handler with its own."""
     fmt = f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()
     root.setLevel(level)
-    if not any(getattr(h, "_asr_kd", False) for h in root.handlers):
+    if not any(getattr(h, "_asr_kd", None) == "stream" for h in root.handlers):
         h: logging.Handler = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter(fmt))
-        h._asr_kd = True  # type: ignore[attr-defined]
+        h._asr_kd = "stream"  # type: ignore[attr-defined]
         root.addHandler(h)
-        if exp_dir is not None:
-            (exp_dir / "log").mkdir(parents=True, exist_ok=True)
-            fh = logging.FileHandler(exp_dir / "log" / f"train-rank{rank}.log")
-            fh.setFormatter(logging.Formatter(fmt))
-            fh._asr_kd = True  # type: ignore[attr-defined]
-            root.addHandler(fh)
+    for old in [h for h in root.handlers if getattr(h, "_asr_kd", None) == "file"]:
+        root.removeHandler(old)
+        old.close()
+    if exp_dir is not None:
+        (exp_dir / "log").mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(exp_dir / "log" / f"train-rank{rank}.log")
+        fh.setFormatter(logging.Formatter(fmt))
+        fh._asr_kd = "file"  # type: ignore[attr-defined]
+        root.addHandler(fh)
 
 
 def build_model_config(args: argparse.Namespace, vocab_size: int):

@@ -1,0 +1,391 @@
+"""Distillation in the training step: stage 1 (hidden MSE), stage 2 (output KL), joint.
+
+``build_kd_loss_computer(args, model, base)`` (called by
+``asr_kd.train.losses.build_loss_computer`` when ``--kd-stage`` is given)
+loads the frozen teacher, checks that it is compatible with the student and
+returns a :class:`KDLossComputer`. One step, with N encoder frames in the
+batch, L_s / L_p the student's simple / pruned losses summed over the batch,
+a(step) / c(step) their warm-up weights (``asr_kd.train.losses``)::
+
+    loss = (a L_s + c L_p) / N  +  lambda_h * L_h  +  lambda_o * L_o / N
+
+    L_h = 1/P * sum_{pairs (i, j)} MSE(W_i h^S_i, h^T_j)          stages hidden, joint
+    L_o = sum_b sum_{valid nodes of b} w_node KL(q_node || p_node)  stages output, joint
+
+MSE is ``asr_kd.distill.hidden_mse_loss`` (mean over valid frames and dims)
+and the P layer pairs are averaged, so lambda_h does not depend on how many
+pairs are mapped. ``W_i`` is a learned Linear (student side only) when the
+dims differ (``--kd-projection auto``), identity otherwise. L_o is
+``asr_kd.distill.output_kd_loss`` on the pruned lattice: both joiners
+evaluated on the same ranges (the student's by default), teacher smoothed.
+
+Nothing is computed twice: the student forward is the base loss computer's
+(``forward_model``), giving the transducer losses, the student's ranges,
+its pruned logits and hidden layers; the teacher runs its encoder once (or
+reads it from ``--teacher-cache``), its decoder once, its joiner on the
+student's ranges (``joint_on_ranges``) and, for logging the coverage, its
+simple lattice (one (B,T,V)+(B,S+1,V) "trivial joiner" pass, the cost of the
+student's simple loss).
+
+Coverage = sum of the teacher's simple-lattice node occupancies on the KL
+nodes / sum over all its valid nodes (= S_b + T_b per utterance): the share
+of the teacher's alignment mass that the KL sees. A teacher is calibrated
+near its own alignments only, so low coverage means the KL trains the
+student on nodes where the teacher's targets are guesses.
+
+Teacher interface (bring your own teacher). Any ``nn.Module`` with
+
+    .encoder(features (B,T,F), feature_lens (B,), return_layers=[...])
+        -> object with .out (B,T',D), .lens (B,), .hidden [(B,T',D), ...]
+    .encoder.layers (len = number of layers), .encoder.output_dim,
+    .encoder.subsampling_factor (must equal the student's: same frame rate)
+    .decoder(y (B,S+1) int64, blank-prefixed) -> (B,S+1,Dd)
+    .joint_on_ranges(encoder_out, decoder_out, ranges (B,T',R)) -> (B,T',R,V)
+    .simple_am_proj, .simple_lm_proj  (encoder/decoder dims -> V; coverage and --kd-ranges teacher)
+    .blank_id, .vocab_size            (must equal the student's)
+
+and the student's tokenizer and feature front end can be passed to
+:class:`KDLossComputer` directly; ``build_kd_loss_computer`` loads an
+``asr_kd`` checkpoint and checks tokenizer and features from its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from asr_kd import rnnt
+from asr_kd.distill import hidden_mse_loss, output_kd_loss_with_stats
+from asr_kd.distill.cache import MissingCutError, TeacherCache
+from asr_kd.models.transducer import node_occupancy
+from asr_kd.train.kd_args import KDConfig, add_kd_arguments, kd_config_from_args, resolve_layer
+from asr_kd.train.losses import TransducerLossComputer, batch_to_device
+
+__all__ = [
+    "KDConfig",
+    "KDLossComputer",
+    "add_kd_arguments",
+    "build_kd_loss_computer",
+    "check_teacher_compatible",
+    "load_teacher",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, student: nn.Module,
+                             teacher: nn.Module, bpe_model: str, feature_config: dict[str, Any]) -> None:
+    """ValueError unless teacher and student share tokenizer, front end, vocabulary and frame rate.
+
+    Args:
+      teacher_ckpt: the teacher checkpoint dict (bpe_sha256, feature_config).
+      teacher_path: its path (named in the errors).
+      student / teacher: the two models.
+      bpe_model: the student's --bpe-model file.
+      feature_config: the student's ``feature_config_dict()``.
+    """
+    from asr_kd.data.features import check_feature_config
+    from asr_kd.data.tokenizer import file_sha256
+
+    where = f"--teacher-checkpoint {teacher_path}"
+    t_sha, s_sha = teacher_ckpt.get("bpe_sha256"), file_sha256(bpe_model)
+    if t_sha != s_sha:
+        raise ValueError(
+            f"kd.py: teacher and student tokenizers differ: {where} was trained with "
+            f"{teacher_ckpt.get('bpe_model')} (sha256 {t_sha}), the student uses --bpe-model {bpe_model} "
+            f"(sha256 {s_sha}); lattices would not align"
+        )
+    t_feat = teacher_ckpt.get("feature_config")
+    if t_feat is None:
+        raise ValueError(f"kd.py: {where} has no feature_config; cannot check the feature front end")
+    try:
+        check_feature_config(t_feat, feature_config, f"teacher {teacher_path} vs student")
+    except ValueError as e:
+        raise ValueError(f"kd.py: {e}") from None
+    pairs = [
+        ("vocabulary size", teacher.vocab_size, student.vocab_size),
+        ("blank id", teacher.blank_id, student.blank_id),
+        ("subsampling factor (frame rate)", teacher.encoder.subsampling_factor, student.encoder.subsampling_factor),
+    ]
+    for what, t, s in pairs:
+        if t != s:
+            raise ValueError(f"kd.py: teacher {what} {t} ({where}) != student {what} {s}")
+
+
+def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """Frozen teacher from an asr_kd checkpoint: eval mode, requires_grad False, on ``device``."""
+    from asr_kd.train.checkpoint import load_checkpoint, load_model
+
+    ckpt = load_checkpoint(path)
+    teacher = load_model(path, device)
+    freeze(teacher)
+    return teacher, {k: ckpt.get(k) for k in ("bpe_model", "bpe_sha256", "feature_config", "model_config")}
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """eval mode and requires_grad False for every parameter (the teacher is never trained)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _pick_layers(encoder_out: Tensor, hidden: Sequence[Tensor], requested: Sequence[int], wanted: Sequence[int],
+                 last: int) -> list[Tensor]:
+    """Tensors of ``wanted`` layers: the last layer is the encoder output, others come from ``hidden``.
+
+    ``hidden[k]`` is the output of layer ``requested[k]`` (the encoder's ``return_layers``).
+    """
+    by_layer = dict(zip(requested, hidden))
+    return [encoder_out if i == last else by_layer[i] for i in wanted]
+
+
+def _pad_symbols(tokens: Sequence[Sequence[int]], blank_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(B, S) blank-padded int64 labels and their lengths (B,)."""
+    lens = [len(t) for t in tokens]
+    sym = torch.full((len(tokens), max(lens, default=0)), blank_id, dtype=torch.int64)
+    for i, t in enumerate(tokens):
+        if t:
+            sym[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.int64)
+    return sym.to(device), torch.as_tensor(lens, dtype=torch.int64, device=device)
+
+
+# --------------------------------------------------------------------------- loss computer
+
+
+class KDLossComputer:
+    """Transducer loss + distillation terms (see the module docstring).
+
+    Args:
+      base: the student's ``TransducerLossComputer`` (transducer loss, tokens, warm-ups).
+      teacher: the frozen teacher (see "Teacher interface"); kept eval, no grad.
+      cfg: KDConfig.
+      student: the student model (layer counts, dims, device of the projections).
+      cache: optional TeacherCache (then the teacher encoder is not run in training).
+    """
+
+    def __init__(self, base: TransducerLossComputer, teacher: nn.Module, cfg: KDConfig, student: nn.Module,
+                 cache: Optional[TeacherCache] = None) -> None:
+        self.base = base
+        self.cfg = cfg
+        self.cache = cache
+        # Not an nn.Module attribute of anything the trainer registers: the teacher
+        # never reaches the optimiser, DDP or checkpoints.
+        self.teacher = freeze(teacher)
+        device = next(student.parameters()).device
+        s_layers, t_layers = len(student.encoder.layers), len(teacher.encoder.layers)
+        self.student_layers = [resolve_layer(s, s_layers, "student") for s, _ in cfg.hidden_layers]
+        self.teacher_layers = [resolve_layer(t, t_layers, "teacher") for _, t in cfg.hidden_layers]
+        # The last index means the encoder output (after the encoder's final norm: what the
+        # joiner sees); the others are conformer layer outputs, requested via return_layers.
+        self.student_last, self.teacher_last = s_layers - 1, t_layers - 1
+        self.student_request = sorted({i for i in self.student_layers if i != self.student_last})
+        self.teacher_request = sorted({i for i in self.teacher_layers if i != self.teacher_last})
+        s_dim, t_dim = int(student.encoder.output_dim), int(teacher.encoder.output_dim)
+        if cfg.uses_hidden and cfg.projection == "false" and s_dim != t_dim:
+            raise ValueError(
+                f"kd.py: --kd-projection false but the student encoder dim {s_dim} != teacher dim {t_dim}; "
+                "use --kd-projection auto"
+            )
+        use_proj = cfg.uses_hidden and (cfg.projection == "true" or (cfg.projection == "auto" and s_dim != t_dim))
+        self.projections: Optional[nn.ModuleList] = None
+        if use_proj:
+            self.projections = nn.ModuleList(nn.Linear(s_dim, t_dim) for _ in cfg.hidden_layers).to(device)
+        self.needs_clean_features = cfg.teacher_input == "clean"
+        self._training = True
+        self._warned_fallback = False
+
+    # ----------------------------------------------------------- hooks of the training loop
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable extras: the base's (CTC head) and the projections. Never the teacher's."""
+        yield from self.base.parameters()
+        if self.projections is not None:
+            yield from self.projections.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Base state + projections; the teacher is not saved (it is reloaded from its checkpoint)."""
+        sd: dict[str, Any] = {"base": self.base.state_dict()}
+        if self.projections is not None:
+            sd["projections"] = self.projections.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.base.load_state_dict(sd.get("base", {}))
+        if self.projections is not None and "projections" in sd:
+            self.projections.load_state_dict(sd["projections"])
+
+    def train(self, mode: bool = True) -> None:
+        self._training = bool(mode)
+        self.base.train(mode)
+        if self.projections is not None:
+            self.projections.train(mode)
+        self.teacher.eval()  # always: dropout off, deterministic targets
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    # ----------------------------------------------------------- teacher side
+
+    def _teacher_encoder(self, batch: dict[str, Any], device: torch.device, student_lens: Optional[Tensor],
+                         ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Teacher encoder output (B,T',D), lens (B,), hidden layers: from the cache or live."""
+        layers = self.teacher_layers if self.cfg.uses_hidden else []
+        if self.cache is not None and student_lens is not None:
+            ids = list(batch["cut_ids"])
+            try:
+                out, hidden = self.cache.batch(ids, student_lens, layers, device)
+                return out, student_lens, hidden  # hidden[k] is layer layers[k] (last = out)
+            except MissingCutError:
+                # Validation sets are often not cached; the teacher is loaded anyway.
+                if self.training:
+                    raise
+                if not self._warned_fallback:
+                    log.warning("validation cuts are not in the teacher cache: running the teacher live on them")
+                    self._warned_fallback = True
+        key = "clean_features" if self.cfg.teacher_input == "clean" else "features"
+        if key not in batch:
+            raise ValueError(
+                f"kd.py: --kd-teacher-input {self.cfg.teacher_input} needs batch[{key!r}] "
+                "(the data module must be built with return_clean=True)"
+            )
+        feats, lens = batch_to_device(batch, device, (key, "feature_lens"))
+        request = self.teacher_request if self.cfg.uses_hidden else []
+        with torch.no_grad():
+            enc = self.teacher.encoder(feats, lens, return_layers=request)
+        return enc.out, enc.lens, _pick_layers(enc.out, enc.hidden, request, layers, self.teacher_last)
+
+    def _teacher_lattice(self, t_enc: Tensor, symbols: Tensor, boundary: Tensor,
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher decoder output (B,S+1,Dd) and its simple-lattice occupancies (px_grad, py_grad)."""
+        lm_scale, am_scale = self.base.cfg.lm_scale, self.base.cfg.am_scale
+        with torch.no_grad():
+            blank = torch.full((symbols.size(0), 1), self.teacher.blank_id, dtype=torch.int64, device=symbols.device)
+            t_dec = self.teacher.decoder(torch.cat((blank, symbols), dim=1))
+            lm = self.teacher.simple_lm_proj(t_dec).float()
+            am = self.teacher.simple_am_proj(t_enc).float()
+            with torch.autocast(device_type=t_enc.device.type, enabled=False):
+                _, (px_grad, py_grad) = rnnt.rnnt_loss_smoothed(
+                    lm=lm, am=am, symbols=symbols, termination_symbol=self.teacher.blank_id,
+                    lm_only_scale=lm_scale, am_only_scale=am_scale, boundary=boundary,
+                    reduction="sum", return_grad=True,
+                )  # fmt: skip
+        return t_dec, px_grad, py_grad
+
+    # ----------------------------------------------------------- the step
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.cfg
+        device = next(model.parameters()).device
+        tokens = self.base.tokens(batch)
+        if "tokens" not in batch:
+            batch = dict(batch, tokens=tokens)  # encode the texts once
+        student_lens = None
+        if self.cache is not None:
+            (feature_lens,) = batch_to_device(batch, device, ("feature_lens",))
+            student_lens = model.encoder.output_lengths(feature_lens).to(device)
+
+        t_enc, t_lens, t_hidden = self._teacher_encoder(batch, device, student_lens)
+        teacher_ranges = px_grad = py_grad = t_dec = None
+        if cfg.uses_output:
+            symbols, sym_lens = _pad_symbols(tokens, self.teacher.blank_id, device)
+            boundary = torch.zeros(len(tokens), 4, dtype=torch.int64, device=device)
+            boundary[:, 2], boundary[:, 3] = sym_lens, t_lens
+            t_dec, px_grad, py_grad = self._teacher_lattice(t_enc, symbols, boundary)
+            if cfg.ranges == "teacher":
+                teacher_ranges = rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, self.base.cfg.prune_range)
+
+        out = self.base.forward_model(
+            model, batch, return_layers=self.student_request if cfg.uses_hidden else (), ranges=teacher_ranges
+        )
+        if out.encoder_out.shape[1] != t_enc.shape[1] or not torch.equal(out.encoder_lens, t_lens.to(device)):
+            raise ValueError(
+                f"kd.py: student and teacher encoder lengths differ ({out.encoder_lens.tolist()} vs "
+                f"{t_lens.tolist()}) for cuts {list(batch.get('cut_ids', []))[:8]}: frame rates or inputs differ"
+            )
+        loss, info = self.base.transducer_loss(out, step)
+        info["transducer_loss"] = info["loss"]
+        frames = out.num_frames.to(torch.float32).clamp(min=1.0)
+
+        if cfg.uses_hidden:
+            terms = []
+            s_hidden = _pick_layers(out.encoder_out, out.hidden, self.student_request, self.student_layers,
+                                    self.student_last)
+            for i, (s_h, t_h) in enumerate(zip(s_hidden, t_hidden)):
+                if self.projections is not None:
+                    s_h = self.projections[i](s_h)
+                terms.append(hidden_mse_loss(s_h, t_h.to(s_h.dtype), out.encoder_lens))
+            l_h = torch.stack(terms).mean()
+            loss = loss + cfg.hidden_scale * l_h
+            info["kd_hidden_loss"] = float(l_h.detach())
+
+        if cfg.uses_output:
+            assert t_dec is not None and px_grad is not None and py_grad is not None
+            with torch.no_grad():
+                t_logits = self.teacher.joint_on_ranges(t_enc, t_dec, out.ranges)
+                t_occ = node_occupancy(px_grad, py_grad, out.ranges, out.boundary)
+            if cfg.occupancy:
+                weights = t_occ if cfg.ranges == "teacher" else out.node_occupancy
+            else:
+                weights = None
+            kl, stats = output_kd_loss_with_stats(
+                out.logits, t_logits, out.ranges, out.boundary, smoothing=cfg.smoothing, reduction="sum",
+                symbols=out.symbols, occupancy=weights, distribution=cfg.distribution,
+                blank_id=int(model.blank_id), **cfg.smooth_opts(),
+            )  # fmt: skip
+            loss = loss + cfg.output_scale * kl / frames
+            total_mass = float((out.boundary[:, 2] + out.boundary[:, 3]).sum().clamp(min=1))
+            info.update(
+                kd_output_loss=float(kl.detach()) / float(frames),
+                kd_teacher_entropy=float(stats.teacher_entropy_before),
+                kd_teacher_entropy_smoothed=float(stats.teacher_entropy_after),
+                kd_alpha_mean=float(stats.alpha_mean),
+                kd_alpha_min_share=float(stats.alpha_min_share),
+                kd_coverage=float(t_occ.sum()) / total_mass,
+            )
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def build_kd_loss_computer(args: argparse.Namespace, model: nn.Module, base: TransducerLossComputer,
+                           ) -> KDLossComputer:
+    """Load and check the teacher for ``args`` and wrap ``base`` (see module docstring)."""
+    from asr_kd.data.features import feature_config_dict
+    from asr_kd.data.tokenizer import file_sha256
+
+    cfg = kd_config_from_args(args)
+    path = str(cfg.teacher_checkpoint)
+    if not Path(path).is_file():
+        raise ValueError(f"kd.py: --teacher-checkpoint {path} does not exist")
+    device = next(model.parameters()).device
+    teacher, meta = load_teacher(path, device)
+    check_teacher_compatible(meta, path, model, teacher, args.bpe_model, feature_config_dict())
+    cache = None
+    if cfg.teacher_cache:
+        if getattr(args, "speed_perturb", False):
+            raise ValueError(
+                "kd.py: --teacher-cache cannot be used with --speed-perturb true: perturbed copies have new "
+                "cut ids and features the cache does not hold; run the teacher live (no --teacher-cache)"
+            )
+        cache = TeacherCache(cfg.teacher_cache)
+        t_layers = len(teacher.encoder.layers)
+        cache.check(file_sha256(path), path, [resolve_layer(t, t_layers, "teacher") for _, t in cfg.hidden_layers]
+                    if cfg.uses_hidden else [], feature_config_dict(),
+                    on_the_fly_feats=getattr(args, "on_the_fly_feats", None))
+    lc = KDLossComputer(base, teacher, cfg, model, cache=cache)
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    log.info("distillation: stage %s, teacher %s (%.2f M parameters, frozen)%s; %s", cfg.stage, path,
+             n_teacher / 1e6, f", cache {cfg.teacher_cache}" if cache else "", cfg)
+    return lc

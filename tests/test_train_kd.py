@@ -1,0 +1,263 @@
+"""Distillation in training: teacher checks, frozen teacher, stages end to end, cache = live, projections."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr_kd.train.args import build_parser
+from asr_kd.train.kd_args import parse_layer_pairs, resolve_layer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from lhotse import NumpyFilesWriter
+
+    from asr_kd.data.features import lhotse_fbank_extractor
+    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
+    from asr_kd.data.tokenizer import train_bpe
+
+    d = tmp_path_factory.mktemp("kd_corpus")
+    cuts = make_synthetic_cuts(d / "wav", num_cuts=10, max_words=4, seed=5)
+    bpe = train_bpe(write_transcripts(cuts, d / "tr.txt"), d / "lang", vocab_size=20)
+    other = train_bpe(write_transcripts(cuts, d / "tr2.txt", extra=["ZULU YANKEE XRAY"] * 3), d / "lang2",
+                      vocab_size=30)
+    feats = cuts.compute_and_store_features(
+        lhotse_fbank_extractor(), d / "feats", storage_type=NumpyFilesWriter, progress_bar=False
+    ).to_eager()
+    feats.subset(first=8).to_file(d / "train.jsonl.gz")
+    feats.subset(last=2).to_file(d / "valid.jsonl.gz")
+    return {"dir": d, "train": d / "train.jsonl.gz", "valid": d / "valid.jsonl.gz", "bpe": bpe, "other_bpe": other}
+
+
+def make_teacher_checkpoint(path: Path, bpe: Path, d_model: int = 64, feature_config=None, seed: int = 1) -> Path:
+    """A random-init tiny full-context teacher saved like asr_kd.train's pretrained.pt."""
+    from asr_kd.data.features import feature_config_dict
+    from asr_kd.data.tokenizer import Tokenizer, file_sha256
+    from asr_kd.models import build_transducer, preset_config
+    from asr_kd.train.checkpoint import CHECKPOINT_FORMAT
+
+    torch.manual_seed(seed)
+    tok = Tokenizer(bpe)
+    over = {} if d_model == 64 else {"d_model": d_model, "num_heads": 4}
+    cfg = preset_config("tiny", "teacher", tok.vocab_size, **over)
+    model = build_transducer(cfg)
+    torch.save({
+        "format_version": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": cfg.to_dict(),
+        "feature_config": feature_config or feature_config_dict(), "bpe_model": str(bpe),
+        "bpe_sha256": file_sha256(bpe),
+    }, path)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus):
+    return make_teacher_checkpoint(corpus["dir"] / "teacher.pt", corpus["bpe"])
+
+
+def _argv(corpus, exp: Path, teacher: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return [
+        "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
+        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true", "--chunk-size", "4",
+        "--left-context", "-1", "--num-epochs", str(epochs), "--max-duration", "6", "--num-buckets", "2",
+        "--num-workers", "0", "--save-every-n", "0", "--lr", "5e-3", "--warmup-batches", "2",
+        "--warm-step", "4", "--log-interval", "1", "--progress", "false", "--seed", "3", "--avg", "1",
+        "--teacher-checkpoint", str(teacher), *extra,
+    ]  # fmt: skip
+
+
+def _setup(corpus, teacher, *extra: str, student_seed: int = 0):
+    """(args, student, kd loss computer, one training batch with clean features)."""
+    from lhotse import CutSet
+
+    from asr_kd.data.datamodule import AsrDataModule, DataConfig
+    from asr_kd.data.tokenizer import Tokenizer
+    from asr_kd.models import build_transducer
+    from asr_kd.train.losses import build_loss_computer
+    from asr_kd.train.run import build_model_config
+
+    args = build_parser().parse_args(_argv(corpus, corpus["dir"] / "unused", teacher, *extra))
+    tok = Tokenizer(args.bpe_model)
+    torch.manual_seed(student_seed)
+    student = build_transducer(build_model_config(args, tok.vocab_size))
+    lc = build_loss_computer(args, student, tok)
+    dm = AsrDataModule(DataConfig(max_duration=6, num_buckets=2, num_workers=0, spec_augment=True,
+                                  return_clean=True, seed=1))
+    batch = next(iter(dm.train_dataloader(CutSet.from_file(corpus["train"]))))
+    return args, student, lc, batch
+
+
+# ------------------------------------------------------------------ start-up checks
+
+
+def test_other_bpe_model_is_refused(corpus, tmp_path) -> None:
+    t = make_teacher_checkpoint(tmp_path / "t_other_bpe.pt", corpus["other_bpe"])
+    with pytest.raises(ValueError, match="tokenizers differ") as e:
+        _setup(corpus, t, "--kd-stage", "hidden")
+    assert str(t) in str(e.value) and str(corpus["bpe"]) in str(e.value)
+
+
+def test_other_feature_config_is_refused(corpus, tmp_path) -> None:
+    from asr_kd.data.features import feature_config_dict
+
+    fc = dict(feature_config_dict(), frame_shift_ms=12.5)
+    t = make_teacher_checkpoint(tmp_path / "t_other_feats.pt", corpus["bpe"], feature_config=fc)
+    with pytest.raises(ValueError, match="feature front ends differ") as e:
+        _setup(corpus, t, "--kd-stage", "output")
+    assert "frame_shift_ms: 12.5 != 10.0" in str(e.value) and str(t) in str(e.value)
+
+
+def test_missing_teacher_checkpoint_is_refused(corpus) -> None:
+    with pytest.raises(ValueError, match="--teacher-checkpoint"):
+        _setup(corpus, Path("/nonexistent/teacher.pt"), "--kd-stage", "hidden")
+
+
+def test_layer_parsing_errors_are_clear() -> None:
+    assert parse_layer_pairs("-1:-1") == ((-1, -1),)
+    assert parse_layer_pairs("0:1, 1:-1") == ((0, 1), (1, -1))
+    with pytest.raises(ValueError, match="'student:teacher'"):
+        parse_layer_pairs("1-2")
+    with pytest.raises(ValueError, match="non-integer"):
+        parse_layer_pairs("a:1")
+    with pytest.raises(ValueError, match="twice"):
+        parse_layer_pairs("1:1,1:1")
+    with pytest.raises(ValueError, match="student layer 5 is out of range; the student encoder has 2 layers"):
+        resolve_layer(5, 2, "student")
+    assert resolve_layer(-1, 2, "teacher") == 1
+
+
+def test_layer_out_of_range_at_build(corpus, teacher) -> None:
+    with pytest.raises(ValueError, match="teacher layer -3 is out of range"):
+        _setup(corpus, teacher, "--kd-stage", "hidden", "--kd-hidden-layers", "0:-3")
+
+
+# ------------------------------------------------------------------ frozen teacher
+
+
+def test_teacher_frozen_and_not_saved(corpus, teacher) -> None:
+    args, student, lc, batch = _setup(corpus, teacher, "--kd-stage", "joint", "--kd-hidden-layers", "0:0,-1:-1")
+    before = copy.deepcopy(lc.teacher.state_dict())
+    assert not lc.teacher.training and all(not p.requires_grad for p in lc.teacher.parameters())
+    t_ids = {id(p) for p in lc.teacher.parameters()}
+    extra = list(lc.parameters())
+    assert not (t_ids & {id(p) for p in extra})
+    opt = torch.optim.AdamW(list(student.parameters()) + extra, lr=1e-2)
+    assert not (t_ids & {id(p) for g in opt.param_groups for p in g["params"]})
+    lc.train(True)
+    student.train()
+    for step in range(3):
+        loss, info = lc(student, batch, step)
+        loss.backward()
+        assert all(p.grad is None for p in lc.teacher.parameters())
+        opt.step()
+        opt.zero_grad()
+    assert not lc.teacher.training  # train(True) leaves the teacher in eval mode
+    for k, v in lc.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for key in ("kd_hidden_loss", "kd_output_loss", "kd_teacher_entropy", "kd_teacher_entropy_smoothed",
+                "kd_alpha_mean", "kd_alpha_min_share", "kd_coverage", "transducer_loss", "frames"):
+        assert key in info, key
+    assert 0.0 <= info["kd_coverage"] <= 1.0 + 1e-6
+    sd = lc.state_dict()
+    flat = str(sd.keys()) + str(sd.get("projections", {}).keys())
+    assert "teacher" not in flat and "encoder" not in flat
+
+
+# ------------------------------------------------------------------ end to end via the CLI
+
+
+@pytest.fixture(scope="module")
+def stage1_run(corpus, teacher, tmp_path_factory):
+    from asr_kd.bin.train import main as train_main
+
+    exp = tmp_path_factory.mktemp("kd_stage1")
+    train_main(_argv(corpus, exp, teacher, "--kd-stage", "hidden"))
+    return exp
+
+
+def test_stage1_then_stage2_cli(corpus, teacher, stage1_run, tmp_path, caplog) -> None:
+    from asr_kd.bin.train import main as train_main
+    from asr_kd.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(stage1_run / "epoch-1.pt")
+    t_keys = set(torch.load(teacher, weights_only=True)["model"])
+    assert set(ck["model"]) == t_keys  # same architecture names: the student's own weights only
+    assert ck["model_config"]["encoder"]["causal"] is True  # the student, not the teacher
+    n_student = sum(v.numel() for v in ck["model"].values())
+    n_opt = sum(s["exp_avg"].numel() for s in ck["optimizer"]["state"].values())
+    assert n_opt <= n_student  # no teacher parameters in the optimiser (no projection: dims agree)
+    assert "projections" not in ck["loss_computer"]
+    exp2 = tmp_path / "stage2"
+    train_main(_argv(corpus, exp2, teacher, "--kd-stage", "output", "--init-from", str(stage1_run / "epoch-1.pt"),
+                     "--kd-smoothing", "adaptive-power", "--kd-target-entropy", "1.0"))
+    assert (exp2 / "pretrained.pt").is_file()
+    assert "kd_output_loss" in caplog.text and "kd_coverage" in caplog.text
+
+
+@pytest.mark.parametrize("stage", ["hidden", "output"])
+def test_kd_term_falls_on_fixed_batch(corpus, teacher, stage) -> None:
+    # lambda large enough that the KD term, not the transducer loss, drives the student
+    args, student, lc, batch = _setup(corpus, teacher, "--kd-stage", stage, "--kd-smoothing", "temperature",
+                                      "--kd-output-scale", "20", "--kd-hidden-scale", "20", "--dropout", "0")
+    key = "kd_hidden_loss" if stage == "hidden" else "kd_output_loss"
+    opt = torch.optim.Adam(list(student.parameters()) + list(lc.parameters()), lr=3e-3)
+    student.train()
+    lc.train(True)
+    values = []
+    for step in range(30):
+        loss, info = lc(student, batch, step)
+        values.append(info[key])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert values[-1] < 0.7 * values[0], values
+
+
+# ------------------------------------------------------------------ cache == live, projections
+
+
+def test_cached_teacher_matches_live(corpus, teacher, tmp_path) -> None:
+    from asr_kd.bin.cache_teacher import main as cache_main
+
+    cache_main(["--teacher-checkpoint", str(teacher), "--cuts", str(corpus["train"]), "--out-dir",
+                str(tmp_path / "cache"), "--layers", "0,-1", "--shard-size", "3", "--max-duration", "5",
+                "--progress", "false"])  # fmt: skip
+    common = ("--kd-stage", "joint", "--kd-hidden-layers", "0:0,-1:-1")
+    _, student, live, batch = _setup(corpus, teacher, *common)
+    _, student2, cached, _ = _setup(corpus, teacher, *common, "--teacher-cache", str(tmp_path / "cache"))
+    student2.load_state_dict(student.state_dict())
+    for m in (student, student2):
+        m.eval()  # no dropout: the two runs must see identical students
+    with torch.no_grad():
+        l1, i1 = live(student, batch, 100)
+        l2, i2 = cached(student2, batch, 100)
+    assert cached.cache is not None
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5, abs=1e-5)
+    for k in ("kd_hidden_loss", "kd_output_loss", "kd_coverage"):
+        assert i1[k] == pytest.approx(i2[k], rel=1e-5, abs=1e-6), k
+
+
+def test_cache_refuses_augmented_teacher_input(corpus, teacher, tmp_path) -> None:
+    with pytest.raises(ValueError, match="kd-teacher-input clean"):
+        _setup(corpus, teacher, "--kd-stage", "hidden", "--teacher-cache", str(tmp_path),
+               "--kd-teacher-input", "augmented")
+
+
+def test_projection_when_dims_differ(corpus, tmp_path) -> None:
+    t = make_teacher_checkpoint(tmp_path / "t32.pt", corpus["bpe"], d_model=32)
+    _, student, lc, batch = _setup(corpus, t, "--kd-stage", "hidden", "--kd-hidden-layers", "0:1,-1:-1")
+    assert lc.projections is not None and len(lc.projections) == 2
+    assert tuple(lc.projections[0].weight.shape) == (32, 64)
+    assert {id(p) for p in lc.projections.parameters()} <= {id(p) for p in lc.parameters()}
+    loss, info = lc(student, batch, 0)
+    loss.backward()
+    assert lc.projections[0].weight.grad is not None
+    assert "projections" in lc.state_dict()
+    with pytest.raises(ValueError, match="--kd-projection false"):
+        _setup(corpus, t, "--kd-stage", "hidden", "--kd-projection", "false")
+    _, _, lc_same, _ = _setup(corpus, make_teacher_checkpoint(tmp_path / "t64.pt", corpus["bpe"]),
+                              "--kd-stage", "hidden")
+    assert lc_same.projections is None  # auto: equal dims, no projection
