@@ -2,8 +2,8 @@
 # The synth recipe: an offline multi-voice English corpus, then (later stages)
 # teacher, streaming baseline, two-stage distillation, decoding and results.
 #
-#   bash run.sh [--stage N] [--stop-stage M] [--preset tiny|small|full] [--exp-dir DIR]
-#               [--num-jobs J] [--skip-setup true]
+#   bash run.sh [--stage N] [--stop-stage M] [--preset tiny|small|full|micro] [--exp-dir DIR]
+#               [--data-dir DIR] [--num-jobs J] [--skip-setup true]
 #
 # Stages:
 #   0  corpus: synthesise speech + word times  -> data/<preset>/corpus
@@ -11,9 +11,29 @@
 #   2  BPE model (sentencepiece)                -> data/<preset>/lang_bpe_<vocab>
 #   3  full-context teacher                     -> EXP_DIR/teacher/pretrained.pt
 #   4  streaming baseline (chunk-wise student)  -> EXP_DIR/baseline/pretrained.pt
+#   5  stage-1 KD: hidden-layer MSE             -> EXP_DIR/stage1/pretrained.pt
+#   6  stage-2 KD: lattice KL, from stage 1     -> EXP_DIR/stage2/pretrained.pt
+#   7  ablations ($ablations) and controls ($controls) -> EXP_DIR/<name>/pretrained.pt
+#   8  decode every model into EXP_DIR/<name>/decode and EXP_DIR/results.json
+#   9  RESULTS.md and wer_vs_latency.png        -> EXP_DIR
 #
-# Each stage writes data/<preset>/.stageN.done (or EXP_DIR/.stageN.done for
-# experiment stages) when it has finished, holding the settings it ran with; a
+# Options:
+#   --stage N / --stop-stage M   run stages N..M only (default 0..100)
+#   --preset NAME                conf/NAME.conf: tiny (smoke, <=10 min), small (default, ~1 h), full, micro (tests)
+#   --data-dir DIR               corpus, manifests, features and BPE model (default data/<preset>)
+#   --exp-dir DIR                models, decodes, results.json, RESULTS.md (default exp/<preset>)
+#   --num-jobs J                 parallel jobs for synthesis and features (default: nproc)
+#   --skip-setup true            do not check/install Debian tools and Python packages
+# Preset variables for stages 5-9 (all optional): seeds ("42 43": the first seeds
+# every main model, each further one adds baseline-seed<i>, stage1-seed<i> and
+# stage2-seed<i>), ablations (joint temperature collapsed), controls
+# (baseline-cont), kd_stage1_args / kd_stage2_args (extra --kd-* flags; empty:
+# the library defaults), decode_chunk_ms (default chunk_size*40), decode_threads,
+# beam_size. Set OMP_NUM_THREADS to bound training threads.
+#
+# Each stage writes a marker when it has finished (DATA_DIR/.stageN.done,
+# EXP_DIR/<model>/.done, EXP_DIR/<model>/decode/.done, EXP_DIR/.stage9.done),
+# holding the settings it ran with; a
 # rerun skips a stage whose marker matches its settings and redoes a stage that
 # was interrupted or whose settings changed (the corpus builder keeps the
 # utterances that are already built). Redoing a stage removes the markers of
@@ -28,6 +48,7 @@ stage=0
 stop_stage=100
 preset=small
 exp_dir=
+data_dir=
 num_jobs=$(nproc 2>/dev/null || echo 2)
 skip_setup=false
 
@@ -37,9 +58,10 @@ while [ $# -gt 0 ]; do
     --stop-stage|--stop_stage) stop_stage="$2"; shift 2 ;;
     --preset) preset="$2"; shift 2 ;;
     --exp-dir|--exp_dir) exp_dir="$2"; shift 2 ;;
+    --data-dir|--data_dir) data_dir="$2"; shift 2 ;;
     --num-jobs|--num_jobs) num_jobs="$2"; shift 2 ;;
     --skip-setup) skip_setup="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +71,7 @@ conf=conf/${preset}.conf
 # shellcheck source=conf/small.conf
 . "$conf"
 
-data=data/${preset}
+data=${data_dir:-data/${preset}}
 exp_dir=${exp_dir:-exp/${preset}}
 python=${PYTHON:-python3}
 train_set=train
@@ -57,6 +79,16 @@ dev_set=dev
 test_sets="test_seen test_heldout"
 eval_sets="$dev_set $test_sets"
 lang_dir=$data/lang_bpe_${bpe_vocab}
+# optional preset settings (later stages)
+seeds=${seeds:-42}
+main_seed=${seeds%% *}
+ablations=${ablations:-}
+controls=${controls:-}
+kd_stage1_args=${kd_stage1_args:-}
+kd_stage2_args=${kd_stage2_args:-}
+decode_chunk_ms=${decode_chunk_ms:-$((chunk_size * 40))}
+decode_threads=${decode_threads:-1}
+beam_size=${beam_size:-4}
 mkdir -p "$data" "$exp_dir"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [run.sh] $*"; }
@@ -132,15 +164,20 @@ bpe_model=$lang_dir/bpe.model
 common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-model "$bpe_model"
   --preset "$model_preset" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
   --warmup-batches "$warmup_batches" --lr-batches "$lr_batches" --lr-epochs "$lr_epochs"
-  --warm-step "$warm_step" --avg "$avg" --seed 42)
+  --warm-step "$warm_step" --avg "$avg")
 student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_context")
 
 # train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches
-# the arguments; an interrupted run resumes from its newest checkpoint.
+# the arguments; an interrupted run resumes from its newest checkpoint. The key
+# also holds the checksum of every checkpoint the run starts from or learns from
+# (teacher, --init-from), so retraining the teacher retrains its students.
 train_model() {
-  local n=$1 name=$2 key
+  local n=$1 name=$2 key arg
   shift 2
   key="$*"
+  for arg in "$@"; do
+    case "$arg" in *.pt) [ -f "$arg" ] && key="$key $(sha256sum "$arg" | cut -d' ' -f1)" ;; esac
+  done
   if stage_done "$exp_dir/$name/.done" "$key" && [ -f "$exp_dir/$name/pretrained.pt" ]; then
     log "stage $n: $name already trained ($exp_dir/$name/pretrained.pt)"
     return 0
@@ -155,11 +192,145 @@ train_model() {
 }
 
 if run_stage 3; then
-  train_model 3 teacher "${common_train_args[@]}" --causal false --num-epochs "$teacher_epochs"
+  train_model 3 teacher "${common_train_args[@]}" --seed "$main_seed" --causal false --num-epochs "$teacher_epochs"
 fi
 
 if run_stage 4; then
-  train_model 4 baseline "${common_train_args[@]}" "${student_args[@]}" --num-epochs "$student_epochs"
+  train_model 4 baseline "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs"
+fi
+
+if run_stage 5; then
+  # shellcheck disable=SC2086  # kd_stage1_args holds several flags
+  train_model 5 stage1 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage1_epochs" \
+    --kd-stage hidden --teacher-checkpoint "$exp_dir/teacher/pretrained.pt" $kd_stage1_args
+fi
+
+if run_stage 6; then
+  # shellcheck disable=SC2086
+  train_model 6 stage2 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage2_epochs" \
+    --kd-stage output --teacher-checkpoint "$exp_dir/teacher/pretrained.pt" \
+    --init-from "$exp_dir/stage1/pretrained.pt" $kd_stage2_args
+fi
+
+if run_stage 7; then
+  teacher_ckpt=(--teacher-checkpoint "$exp_dir/teacher/pretrained.pt")
+  # An ablation keeps the tuned KD flags of the stage it replaces and changes one
+  # thing; its own flag comes last, so it wins over the same flag in kd_stage*_args.
+  # shellcheck disable=SC2086
+  for name in $ablations $controls; do
+    case "$name" in
+      # one-stage hierarchical KD: hidden + output terms together, the baseline's budget from scratch
+      joint) train_model 7 joint "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs" \
+               "${teacher_ckpt[@]}" $kd_stage1_args $kd_stage2_args --kd-stage joint ;;
+      # Hinton-style fixed temperature instead of adaptive power smoothing, from stage 1
+      temperature) train_model 7 temperature "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" "${teacher_ckpt[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               $kd_stage2_args --kd-stage output --kd-smoothing temperature ;;
+      # collapsed 3-way {blank, next label, rest} distribution (Panchapagesan et al. 2021), from stage 1
+      collapsed) train_model 7 collapsed "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" "${teacher_ckpt[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               $kd_stage2_args --kd-stage output --kd-distribution collapsed ;;
+      # control for variants that start from the trained baseline: the same extra epochs without KD
+      baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" --init-from "$exp_dir/baseline/pretrained.pt" ;;
+      *) echo "run.sh: unknown ablation/control '$name' (joint temperature collapsed baseline-cont)" >&2; exit 2 ;;
+    esac
+  done
+  # seed replicates of the main comparison: baseline and stage 1 -> 2 again, each from seed number i
+  i=1
+  for s in $seeds; do
+    if [ "$i" -gt 1 ]; then
+      train_model 7 "baseline-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$student_epochs"
+      # shellcheck disable=SC2086
+      train_model 7 "stage1-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$stage1_epochs" --kd-stage hidden "${teacher_ckpt[@]}" $kd_stage1_args
+      # shellcheck disable=SC2086
+      train_model 7 "stage2-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$stage2_epochs" --kd-stage output "${teacher_ckpt[@]}" \
+        --init-from "$exp_dir/stage1-seed$i/pretrained.pt" $kd_stage2_args
+    fi
+    i=$((i + 1))
+  done
+fi
+
+# the student models stages 4-7 train, in table order
+seed_models=
+i=1
+for s in $seeds; do
+  [ "$i" -gt 1 ] && seed_models="$seed_models baseline-seed$i stage1-seed$i stage2-seed$i"
+  i=$((i + 1))
+done
+student_models="baseline stage1 stage2 $ablations $controls$seed_models"
+
+# decode_model NAME KIND: KIND teacher (offline) or student (simulated and true streaming)
+decode_model() {
+  local name=$1 kind=$2 ckpt key out set
+  ckpt=$exp_dir/$name/pretrained.pt
+  [ -f "$ckpt" ] || { log "stage 8: no $ckpt; skipping $name"; return 0; }
+  out=$exp_dir/$name/decode
+  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms beam=$beam_size threads=$decode_threads"
+  if stage_done "$out/.done" "$key"; then
+    log "stage 8: $name already decoded"
+    return 0
+  fi
+  log "stage 8: decoding $name ($kind)"
+  rm -rf "$out"
+  mkdir -p "$out"
+  local dec=("$python" -m asr_kd.bin.decode --checkpoint "$ckpt" --model-name "$name" --out-dir "$out"
+             --results-json "$exp_dir/results.json" --num-threads "$decode_threads" --no-progress)
+  for set in $eval_sets; do
+    local cuts=$data/fbank/cuts_${set}.jsonl.gz
+    if [ "$kind" = teacher ]; then
+      "${dec[@]}" --cuts "$cuts" --method greedy --mode offline
+    else
+      for mode in simulated-streaming streaming; do
+        # shellcheck disable=SC2086  # decode_chunk_ms may list several chunk sizes
+        "${dec[@]}" --cuts "$cuts" --method greedy --mode "$mode" --chunk-sizes-ms $decode_chunk_ms
+      done
+    fi
+  done
+  for set in $test_sets; do  # beam search on the test sets only
+    local cuts=$data/fbank/cuts_${set}.jsonl.gz
+    if [ "$kind" = teacher ]; then
+      "${dec[@]}" --cuts "$cuts" --method modified_beam_search --beam "$beam_size" --mode offline
+    else
+      # shellcheck disable=SC2086
+      "${dec[@]}" --cuts "$cuts" --method modified_beam_search --beam "$beam_size" --mode streaming \
+        --chunk-sizes-ms $decode_chunk_ms
+    fi
+  done
+  mark_done "$out/.done" "$key"
+}
+
+if run_stage 8; then
+  decode_model teacher teacher
+  for name in $student_models; do
+    decode_model "$name" student
+  done
+fi
+
+if run_stage 9; then
+  # paired bootstrap of stage 2 against the baseline trained from the same seed
+  pairs=stage2:baseline
+  i=1
+  for s in $seeds; do
+    [ "$i" -gt 1 ] && pairs="$pairs stage2-seed$i:baseline-seed$i"
+    i=$((i + 1))
+  done
+  key="$(sha256sum "$exp_dir/results.json" 2>/dev/null | cut -d' ' -f1) sets=$eval_sets pairs=$pairs"
+  if stage_done "$exp_dir/.stage9.done" "$key" && [ -f "$exp_dir/RESULTS.md" ]; then
+    log "stage 9: $exp_dir/RESULTS.md is up to date"
+  else
+    log "stage 9: $exp_dir/RESULTS.md and $exp_dir/wer_vs_latency.png"
+    # shellcheck disable=SC2086  # eval_sets and pairs are lists
+    "$python" -m asr_kd.bin.results --results-json "$exp_dir/results.json" --test-sets $eval_sets \
+      --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
+      --bootstrap $pairs --bootstrap-setting greedy-streaming \
+      --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
+      --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((left_context * 40)) ms"
+    mark_done "$exp_dir/.stage9.done" "$key"
+  fi
 fi
 
 log "done (stages $stage..$stop_stage)"
