@@ -29,7 +29,8 @@
 # stage2-seed<i>), ablations (joint temperature collapsed), controls
 # (baseline-cont), kd_stage1_args / kd_stage2_args (extra --kd-* flags; empty:
 # the library defaults), decode_chunk_ms (default chunk_size*40), decode_threads,
-# beam_size. Set OMP_NUM_THREADS to bound training threads.
+# beam_size, train_jobs (2: teacher and baseline train in parallel). Set
+# OMP_NUM_THREADS to bound training threads.
 #
 # Each stage writes a marker when it has finished (DATA_DIR/.stageN.done,
 # EXP_DIR/<model>/.done, EXP_DIR/<model>/decode/.done, EXP_DIR/.stage9.done),
@@ -61,7 +62,7 @@ while [ $# -gt 0 ]; do
     --data-dir|--data_dir) data_dir="$2"; shift 2 ;;
     --num-jobs|--num_jobs) num_jobs="$2"; shift 2 ;;
     --skip-setup) skip_setup="$2"; shift 2 ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,6 +89,7 @@ kd_stage1_args=${kd_stage1_args:-}
 kd_stage2_args=${kd_stage2_args:-}
 decode_chunk_ms=${decode_chunk_ms:-$((chunk_size * 40))}
 decode_threads=${decode_threads:-1}
+train_jobs=${train_jobs:-1}
 beam_size=${beam_size:-4}
 mkdir -p "$data" "$exp_dir"
 
@@ -167,18 +169,29 @@ common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-mod
   --warm-step "$warm_step" --avg "$avg")
 student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_context")
 
-# train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches
-# the arguments; an interrupted run resumes from its newest checkpoint. The key
-# also holds the checksum of every checkpoint the run starts from or learns from
-# (teacher, --init-from), so retraining the teacher retrains its students.
-train_model() {
-  local n=$1 name=$2 key arg
-  shift 2
-  key="$*"
+# model_key ARGS...: a model's marker key: its training arguments plus the checksum
+# of every checkpoint the run starts from or learns from (teacher, --init-from),
+# so retraining the teacher retrains its students.
+model_key() {
+  local key="$*" arg
   for arg in "$@"; do
     case "$arg" in *.pt) [ -f "$arg" ] && key="$key $(sha256sum "$arg" | cut -d' ' -f1)" ;; esac
   done
-  if stage_done "$exp_dir/$name/.done" "$key" && [ -f "$exp_dir/$name/pretrained.pt" ]; then
+  echo "$key"
+}
+# model_trained NAME ARGS...: NAME was trained with these arguments and finished
+model_trained() {
+  local name=$1
+  shift
+  stage_done "$exp_dir/$name/.done" "$(model_key "$@")" && [ -f "$exp_dir/$name/pretrained.pt" ]
+}
+# train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches;
+# an interrupted run resumes from its newest checkpoint.
+train_model() {
+  local n=$1 name=$2 key
+  shift 2
+  key=$(model_key "$@")
+  if model_trained "$name" "$@"; then
     log "stage $n: $name already trained ($exp_dir/$name/pretrained.pt)"
     return 0
   fi
@@ -191,12 +204,40 @@ train_model() {
   mark_done "$exp_dir/$name/.done" "$key"
 }
 
-if run_stage 3; then
-  train_model 3 teacher "${common_train_args[@]}" --seed "$main_seed" --causal false --num-epochs "$teacher_epochs"
-fi
+teacher_args=("${common_train_args[@]}" --seed "$main_seed" --causal false --num-epochs "$teacher_epochs")
+baseline_args=("${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs")
+train_teacher() { train_model 3 teacher "${teacher_args[@]}"; }
+train_baseline() { train_model 4 baseline "${baseline_args[@]}"; }
 
-if run_stage 4; then
-  train_model 4 baseline "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs"
+# The teacher and the baseline do not depend on each other. With train_jobs=2 they
+# train side by side, each process on nproc/2 threads (unless OMP_NUM_THREADS is
+# set): on 2 cores two 1-thread runs get more done than one 2-thread run after
+# the other. Their output then goes to EXP_DIR/{teacher,baseline}.out.
+if run_stage 3 && run_stage 4 && [ "$train_jobs" -ge 2 ] &&
+   ! { model_trained teacher "${teacher_args[@]}" && model_trained baseline "${baseline_args[@]}"; }; then
+  ncores=$(nproc 2>/dev/null || echo 2)
+  threads=${OMP_NUM_THREADS:-$(( ncores > 1 ? ncores / 2 : 1 ))}
+  log "stages 3+4: teacher and baseline in parallel, $threads thread(s) each" \
+      "(progress: tail -f $exp_dir/teacher.out $exp_dir/baseline.out)"
+  (export OMP_NUM_THREADS=$threads; train_teacher) > "$exp_dir/teacher.out" 2>&1 &
+  teacher_pid=$!
+  (export OMP_NUM_THREADS=$threads; train_baseline) > "$exp_dir/baseline.out" 2>&1 &
+  baseline_pid=$!
+  # kill both on Ctrl-C; a rerun resumes each from its newest checkpoint
+  trap 'pkill -P "$teacher_pid"; pkill -P "$baseline_pid"; kill "$teacher_pid" "$baseline_pid"' INT TERM
+  failed=""
+  wait "$teacher_pid" || failed="teacher"
+  wait "$baseline_pid" || failed="$failed baseline"
+  trap - INT TERM
+  if [ -n "$failed" ]; then
+    log "stages 3+4 failed:$failed (see $exp_dir/<model>.out)"
+    for m in $failed; do tail -n 20 "$exp_dir/$m.out" >&2; done
+    exit 1
+  fi
+  cat "$exp_dir/teacher.out" "$exp_dir/baseline.out" | grep '\[run.sh\]' || true
+else
+  if run_stage 3; then train_teacher; fi
+  if run_stage 4; then train_baseline; fi
 fi
 
 if run_stage 5; then
