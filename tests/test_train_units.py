@@ -300,3 +300,42 @@ def test_setup_logging_gives_each_run_its_own_file(tmp_path) -> None:
     assert "hello from run a" in (tmp_path / "a/log/train-rank0.log").read_text()
     b_text = (tmp_path / "b/log/train-rank0.log").read_text()
     assert "hello from run b" in b_text and "run a" not in b_text
+
+
+def test_delay_penalty_reaches_both_losses_from_warm_step() -> None:
+    """--delay-penalty d: off before warm_step, then both transducer losses are k2's penalised ones."""
+    from asr_kd import rnnt
+    from asr_kd.models import build_transducer, preset_config
+    from asr_kd.train.losses import TransducerLossComputer, build_loss_computer
+
+    torch.manual_seed(0)
+    model = build_transducer(preset_config("tiny", "student", vocab_size=12)).eval()
+    tokens = [[3, 4, 5, 6], [6, 7]]
+    batch = {"features": torch.randn(2, 120, 80), "feature_lens": torch.tensor([120, 97]), "tokens": tokens}
+    d = 0.01
+    with torch.no_grad():
+        plain = model(batch["features"], batch["feature_lens"], tokens, prune_range=5, lm_scale=0.25)
+        pen = model(batch["features"], batch["feature_lens"], tokens, prune_range=5, lm_scale=0.25, delay_penalty=d)
+        simple_ref = rnnt.rnnt_loss_smoothed(
+            lm=model.simple_lm_proj(pen.decoder_out), am=model.simple_am_proj(pen.encoder_out), symbols=pen.symbols,
+            termination_symbol=0, lm_only_scale=0.25, am_only_scale=0.0, boundary=pen.boundary, delay_penalty=d,
+            reduction="sum")
+        pruned_ref = rnnt.rnnt_loss_pruned(pen.logits, pen.symbols, pen.ranges, 0, pen.boundary, delay_penalty=d,
+                                           reduction="sum")
+    torch.testing.assert_close(pen.simple_loss, simple_ref)
+    torch.testing.assert_close(pen.pruned_loss, pruned_ref)
+    assert abs(float(pen.simple_loss - plain.simple_loss)) > 1e-3
+
+    args = argparse.Namespace(prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
+                              pruned_scale_start=0.1, warm_step=5, delay_penalty=d, ctc_scale=0.0, kd_stage=None)
+    lc = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    assert isinstance(lc, TransducerLossComputer) and lc.cfg.delay_penalty == d
+    frames = float(plain.num_frames)
+    with torch.no_grad():
+        _, before = lc(model, batch, step=4)
+        _, after = lc(model, batch, step=5)
+    assert before["simple_loss"] == pytest.approx(float(plain.simple_loss) / frames, rel=1e-5)
+    assert after["simple_loss"] == pytest.approx(float(pen.simple_loss) / frames, rel=1e-5)
+    assert after["pruned_loss"] == pytest.approx(float(pen.pruned_loss) / frames, rel=1e-5)
+    with pytest.raises(ValueError, match="delay_penalty"):
+        TransducerLossConfig(delay_penalty=-0.1)

@@ -183,6 +183,7 @@ class Transducer(nn.Module):
         left_context: Optional[int] = None,
         return_layers: Sequence[int] = (),
         ranges: Optional[Tensor] = None,
+        delay_penalty: float = 0.0,
     ) -> TransducerOutput:
         """Simple and pruned transducer losses plus what distillation needs.
 
@@ -195,6 +196,8 @@ class Transducer(nn.Module):
           return_layers: encoder layers whose outputs go to ``hidden``.
           ranges: (B, T, R) int64 to use instead of this model's own ranges
             (e.g. a teacher's); must match the encoder's T.
+          delay_penalty: k2's delay penalty on both losses (0: off); the ranges
+            then come from the occupancies of the penalised simple lattice.
 
         Returns:
           TransducerOutput (see its docstring).
@@ -228,6 +231,7 @@ class Transducer(nn.Module):
                 lm_only_scale=lm_scale,
                 am_only_scale=am_scale,
                 boundary=boundary,
+                delay_penalty=delay_penalty,
                 reduction="sum",
                 return_grad=True,
             )
@@ -246,6 +250,7 @@ class Transducer(nn.Module):
                 ranges=ranges,
                 termination_symbol=self.blank_id,
                 boundary=boundary,
+                delay_penalty=delay_penalty,
                 reduction="sum",
             )
         return TransducerOutput(

@@ -305,7 +305,7 @@ class KDLossComputer:
                 teacher_ranges = rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, self.base.cfg.prune_range)
 
         out = self.base.forward_model(
-            model, batch, return_layers=self.student_request if cfg.uses_hidden else (), ranges=teacher_ranges
+            model, batch, step, return_layers=self.student_request if cfg.uses_hidden else (), ranges=teacher_ranges
         )
         if out.encoder_out.shape[1] != t_enc.shape[1] or not torch.equal(out.encoder_lens, t_lens.to(device)):
             raise ValueError(

@@ -99,6 +99,10 @@ class TransducerLossConfig:
       simple_loss_scale: final weight a of the simple loss.
       pruned_scale_start: initial weight c of the pruned loss.
       warm_step: W, batches over which the weights move to their final values.
+      delay_penalty: k2's delay penalty lambda on both transducer losses (every
+        emission at frame t gains lambda * ((T_b - 1) / 2 - t), favouring early
+        emission; 0 = off). Applied only from step W on: the k2 authors report
+        that applying it from the first batch can stop training from converging.
     """
 
     prune_range: int = 5
@@ -107,8 +111,11 @@ class TransducerLossConfig:
     simple_loss_scale: float = 0.5
     pruned_scale_start: float = 0.1
     warm_step: int = 2000
+    delay_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.delay_penalty >= 0.0:
+            raise ValueError(f"losses.py: delay_penalty must be >= 0, got {self.delay_penalty}")
         if self.prune_range < 2:
             raise ValueError(f"losses.py: prune_range must be >= 2, got {self.prune_range}")
         if not 0.0 <= self.simple_loss_scale <= 1.0 or not 0.0 <= self.pruned_scale_start <= 1.0:
@@ -168,11 +175,21 @@ class TransducerLossComputer:
             return [list(t) for t in batch["tokens"]]
         return self.encode(list(batch["texts"]))
 
-    def forward_model(self, model: nn.Module, batch: dict[str, Any], **forward_kwargs: Any):
-        """``model(features, feature_lens, tokens, prune_range, am_scale, lm_scale, **forward_kwargs)``."""
+    def delay_penalty_at(self, step: int) -> float:
+        """The delay penalty in force at ``step``: 0 before the loss warm-up has ended."""
+        return self.cfg.delay_penalty if step >= self.cfg.warm_step else 0.0
+
+    def forward_model(self, model: nn.Module, batch: dict[str, Any], step: int, **forward_kwargs: Any):
+        """``model(features, feature_lens, tokens, prune_range, am_scale, lm_scale, **forward_kwargs)``.
+
+        ``delay_penalty`` is passed only when it is in force (``delay_penalty_at(step) > 0``).
+        """
         device = next(model.parameters()).device
         features, feature_lens = batch_to_device(batch, device, ("features", "feature_lens"))
         tokens = self.tokens(batch)
+        delay_penalty = self.delay_penalty_at(step)
+        if delay_penalty > 0:
+            forward_kwargs["delay_penalty"] = delay_penalty
         out = model(
             features,
             feature_lens,
@@ -218,7 +235,7 @@ class TransducerLossComputer:
         return loss, info
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
-        return self.transducer_loss(self.forward_model(model, batch), step)
+        return self.transducer_loss(self.forward_model(model, batch, step), step)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.ctc_head.parameters()) if self.ctc_head is not None else iter(())
@@ -247,6 +264,9 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weight of the pruned loss at step 0 (ends at 1)")
     g.add_argument("--warm-step", type=int, default=2000,
                    help="batches over which the two loss weights reach their final values")
+    g.add_argument("--delay-penalty", type=float, default=0.0,
+                   help="k2 delay penalty on both transducer losses, applied from --warm-step on "
+                        "(0: off; the k2 authors tried 0.0015-0.01)")
     g.add_argument("--ctc-scale", type=float, default=0.0,
                    help="weight of an auxiliary CTC loss on the encoder output (0: off)")
 
@@ -259,6 +279,7 @@ def transducer_loss_config(args: argparse.Namespace) -> TransducerLossConfig:
         simple_loss_scale=args.simple_loss_scale,
         pruned_scale_start=args.pruned_scale_start,
         warm_step=args.warm_step,
+        delay_penalty=float(getattr(args, "delay_penalty", 0.0)),
     )
 
 

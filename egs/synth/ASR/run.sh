@@ -26,11 +26,12 @@
 #   --skip-setup true            do not check/install Debian tools and Python packages
 # Preset variables for stages 5-9 (all optional): seeds ("42 43": the first seeds
 # every main model, each further one adds baseline-seed<i>, stage1-seed<i> and
-# stage2-seed<i>), ablations (joint temperature collapsed), controls
+# stage2-seed<i>), ablations (joint temperature collapsed delay-penalty), controls
 # (baseline-cont), kd_stage1_args / kd_stage2_args (extra --kd-* flags; empty:
 # the library defaults), decode_chunk_ms (default chunk_size*40), decode_threads,
-# beam_size, train_jobs (2: teacher and baseline train in parallel). Set
-# OMP_NUM_THREADS to bound training threads.
+# beam_size, train_jobs (2: teacher and baseline train in parallel), delay_penalty
+# (of the delay-penalty ablation; default 0.005). Set OMP_NUM_THREADS to bound
+# training threads.
 #
 # Each stage writes a marker when it has finished (DATA_DIR/.stageN.done,
 # EXP_DIR/<model>/.done, EXP_DIR/<model>/decode/.done, EXP_DIR/.stage9.done),
@@ -90,6 +91,7 @@ kd_stage2_args=${kd_stage2_args:-}
 decode_chunk_ms=${decode_chunk_ms:-$((chunk_size * 40))}
 decode_threads=${decode_threads:-1}
 train_jobs=${train_jobs:-1}
+delay_penalty=${delay_penalty:-0.005}
 beam_size=${beam_size:-4}
 mkdir -p "$data" "$exp_dir"
 
@@ -274,7 +276,10 @@ if run_stage 7; then
       # control for variants that start from the trained baseline: the same extra epochs without KD
       baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" --init-from "$exp_dir/baseline/pretrained.pt" ;;
-      *) echo "run.sh: unknown ablation/control '$name' (joint temperature collapsed baseline-cont)" >&2; exit 2 ;;
+      # the baseline trained with k2's delay penalty (no distillation): the latency reference
+      delay-penalty) train_model 7 delay-penalty "${baseline_args[@]}" --delay-penalty "$delay_penalty" ;;
+      *) echo "run.sh: unknown ablation/control '$name' (joint temperature collapsed delay-penalty baseline-cont)" >&2
+         exit 2 ;;
     esac
   done
   # seed replicates of the main comparison: baseline and stage 1 -> 2 again, each from seed number i
