@@ -19,7 +19,7 @@
 #
 # Options:
 #   --stage N / --stop-stage M   run stages N..M only (default 0..100)
-#   --preset NAME                conf/NAME.conf: tiny (smoke, <=10 min), small (default, ~2.5 h on 2 cores), full, micro (tests)
+#   --preset NAME                conf/NAME.conf: tiny (smoke, <=10 min), small (default, ~2 h 20 min on 2 cores), full, micro (tests)
 #   --data-dir DIR               corpus, manifests, features and BPE model (default data/<preset>)
 #   --exp-dir DIR                models, decodes, results.json, RESULTS.md (default exp/<preset>)
 #   --num-jobs J                 parallel jobs for synthesis and features (default: nproc)
