@@ -181,19 +181,15 @@ model_key() {
   done
   echo "$key"
 }
-# model_trained NAME ARGS...: NAME was trained with these arguments and finished
-model_trained() {
-  local name=$1
-  shift
-  stage_done "$exp_dir/$name/.done" "$(model_key "$@")" && [ -f "$exp_dir/$name/pretrained.pt" ]
-}
+# model_done NAME KEY: NAME finished training with this marker key
+model_done() { stage_done "$exp_dir/$1/.done" "$2" && [ -f "$exp_dir/$1/pretrained.pt" ]; }
 # train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches;
 # an interrupted run resumes from its newest checkpoint.
 train_model() {
   local n=$1 name=$2 key
   shift 2
   key=$(model_key "$@")
-  if model_trained "$name" "$@"; then
+  if model_done "$name" "$key"; then
     log "stage $n: $name already trained ($exp_dir/$name/pretrained.pt)"
     return 0
   fi
@@ -216,7 +212,8 @@ train_baseline() { train_model 4 baseline "${baseline_args[@]}"; }
 # set): on 2 cores two 1-thread runs get more done than one 2-thread run after
 # the other. Their output then goes to EXP_DIR/{teacher,baseline}.out.
 if run_stage 3 && run_stage 4 && [ "$train_jobs" -ge 2 ] &&
-   ! { model_trained teacher "${teacher_args[@]}" && model_trained baseline "${baseline_args[@]}"; }; then
+   ! { model_done teacher "$(model_key "${teacher_args[@]}")" &&
+       model_done baseline "$(model_key "${baseline_args[@]}")"; }; then
   ncores=$(nproc 2>/dev/null || echo 2)
   threads=${OMP_NUM_THREADS:-$(( ncores > 1 ? ncores / 2 : 1 ))}
   log "stages 3+4: teacher and baseline in parallel, $threads thread(s) each" \
