@@ -59,6 +59,9 @@ def _assert_same_state(a: Path, b: Path) -> None:
             assert torch.equal(sa[i][k], sb[i][k])
     assert ca["valid_loss"] == cb["valid_loss"]
     assert ca["sampler"] == cb["sampler"]
+    assert ca["scheduler"] == cb["scheduler"]
+    # the epoch's train loss covers the whole epoch, also after a resume inside it
+    assert ca.get("train_metrics") == cb.get("train_metrics")
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +163,135 @@ def test_init_from_copies_weights_only(corpus, reference_run, tmp_path) -> None:
     assert ck["batch_idx_train"] == 5  # a fresh run: epoch 1 again, new optimiser
     for k, v in ck["model"].items():
         torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- faults: exp dir, corrupt files, settings
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fresh_run_in_used_exp_dir_is_refused(corpus, reference_run, tmp_path, capsys) -> None:
+    from asr_kd.bin.train import cli
+    from asr_kd.train.expdir import ExpDirInUseError
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(reference_run / "epoch-1.pt", exp / "epoch-1.pt")
+    before = _sha(exp / "epoch-1.pt")
+    with pytest.raises(ExpDirInUseError, match=r"already holds another training run \(epoch-1.pt\).*--resume.*--overwrite"):
+        train_main(_argv(corpus, exp))
+    assert cli(_argv(corpus, exp)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train: error: --exp-dir") and "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in exp.glob("*.pt")) == ["epoch-1.pt"] and _sha(exp / "epoch-1.pt") == before
+
+
+def test_overwrite_moves_the_old_run_aside_and_cleans_stale_tmp(corpus, reference_run, tmp_path) -> None:
+    import os
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for name in ("checkpoint-9.pt", "epoch-2.pt"):
+        shutil.copy(reference_run / name, exp / name)
+    old = {name: _sha(exp / name) for name in ("checkpoint-9.pt", "epoch-2.pt")}
+    stale = exp / ".epoch-3.pt.tmp.999999999"  # no such process: left by a killed writer
+    live = exp / f".epoch-3.pt.tmp.{os.getppid()}"  # a live process's write in progress
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    with pytest.raises(ValueError, match="--resume and --overwrite exclude each other"):
+        train_main(_argv(corpus, exp, "--overwrite", "--resume"))
+    train_main(_argv(corpus, exp, "--overwrite", "--avg", "0", "--save-every-n", "0", epochs=1))
+    moved = list(exp.glob("replaced-*"))
+    assert len(moved) == 1
+    old_id = load_checkpoint(reference_run / "epoch-2.pt")["run_id"]
+    assert moved[0].name.endswith(old_id)
+    assert {n: _sha(moved[0] / n) for n in old} == old  # nothing lost
+    assert sorted(p.name for p in exp.glob("*.pt")) == ["epoch-1.pt"]
+    assert load_checkpoint(exp / "epoch-1.pt")["run_id"] not in (None, old_id)
+    assert not stale.exists() and live.exists()
+
+
+def test_pruning_and_latest_only_see_their_own_run(tmp_path) -> None:
+    from asr_kd.train.checkpoint import latest_checkpoint, prune_checkpoints
+
+    for b, rid in ((10, "aaa"), (20, "aaa"), (30, "aaa"), (500, "bbb")):
+        torch.save({"model": {}, "run_id": rid, "batch_idx_train": b}, tmp_path / f"checkpoint-{b}.pt")
+    removed = prune_checkpoints(tmp_path, keep_last_k=1, run_id="aaa")
+    assert sorted(p.name for p in removed) == ["checkpoint-10.pt", "checkpoint-20.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint-30.pt", "checkpoint-500.pt"]
+    assert latest_checkpoint(tmp_path, run_id="aaa").name == "checkpoint-30.pt"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda b: b[: len(b) // 2], "truncated"),
+    (lambda b: b"", "empty file"),
+    (lambda b: b"hello, I am a text file\n", "not a PyTorch checkpoint"),
+])
+def test_checkpoint_read_errors_name_file_and_reason(reference_run, tmp_path, damage, reason) -> None:
+    from asr_kd.train.checkpoint import CheckpointError
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(damage((reference_run / "epoch-1.pt").read_bytes()))
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad}: cannot be read: {reason}") as e:
+        load_checkpoint(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_not_asr_kd_and_cli_init_from(corpus, tmp_path, capsys) -> None:
+    from asr_kd.bin.train import cli
+    from asr_kd.train.checkpoint import CheckpointError
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign.pt: not an asr_kd checkpoint"):
+        load_checkpoint(foreign)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert cli(_argv(corpus, tmp_path / "exp", "--init-from", str(empty))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"train: error: checkpoint {empty}: cannot be read: empty file (0 bytes)"
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(corpus, reference_run, tmp_path, caplog) -> None:
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(reference_run / "checkpoint-3.pt", exp / "checkpoint-3.pt")
+    data = (reference_run / "checkpoint-6.pt").read_bytes()
+    (exp / "checkpoint-6.pt").write_bytes(data[: len(data) // 3])  # killed mid-copy, say
+    with caplog.at_level("WARNING"):
+        train_main(_argv(corpus, exp, "--resume", "--avg", "0"))
+    assert any("checkpoint-6.pt: cannot be read: truncated" in r.getMessage() for r in caplog.records)
+    _assert_same_state(reference_run / "epoch-2.pt", exp / "epoch-2.pt")
+
+
+def test_resume_refuses_fewer_epochs_and_changed_settings(corpus, reference_run, tmp_path) -> None:
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for name in ("epoch-2.pt", "pretrained.pt"):
+        shutil.copy(reference_run / name, exp / name)
+    before = {p.name: _sha(p) for p in exp.glob("*.pt")}
+    with pytest.raises(ValueError, match=r"written in epoch 2 .* stop at epoch 1; pass --num-epochs >= 2"):
+        train_main(_argv(corpus, exp, "--resume", epochs=1))
+    with pytest.raises(ValueError, match=r"other settings: --lr 0.005 -> 0.001; --warm-step 4 -> 8"):
+        train_main(_argv(corpus, exp, "--resume", "--lr", "1e-3", "--warm-step", "8", epochs=3))
+    assert {p.name: _sha(p) for p in exp.glob("*.pt")} == before  # nothing rewritten
+
+
+def test_continue_from_equals_an_uninterrupted_run(corpus, reference_run, tmp_path) -> None:
+    """A new run continuing epoch-1 for one epoch reproduces the 2-epoch run bit for bit."""
+    exp = tmp_path / "stage2"
+    train_main(_argv(corpus, exp, "--continue-from", str(reference_run / "epoch-1.pt"), "--avg", "1", epochs=1))
+    assert sorted(p.name for p in exp.glob("*.pt")) == ["checkpoint-6.pt", "checkpoint-9.pt", "epoch-2.pt",
+                                                       "pretrained.pt"]
+    _assert_same_state(reference_run / "epoch-2.pt", exp / "epoch-2.pt")
+    ck = load_checkpoint(exp / "epoch-2.pt")
+    assert ck["epoch_offset"] == 1 and ck["epoch"] == 2
+    assert ck["loss_computer"] == {} or "ctc_head" in ck["loss_computer"]
+    assert load_checkpoint(exp / "pretrained.pt")["averaged_from"] == ["epoch-2.pt"]
+    # resuming the continued run counts epochs the same way
+    train_main(_argv(corpus, exp, "--continue-from", str(reference_run / "epoch-1.pt"), "--resume",
+                     "--avg", "0", epochs=1))

@@ -20,6 +20,8 @@ Resume after an interruption: the same command plus ``--resume``.  See
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Optional, Sequence
 
 from asr_kd.train.args import build_parser
@@ -36,5 +38,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     run_training(args)
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``main`` for the command line: a user error (bad argument, unusable file or exp dir, full disk)
+    ends with ONE line ``train: error: ...`` on stderr and exit status 1 instead of a traceback."""
+    from asr_kd.atomic import DiskFullError
+    from asr_kd.train.checkpoint import CheckpointError
+    from asr_kd.train.expdir import ExpDirInUseError
+
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, CheckpointError, ExpDirInUseError, DiskFullError) as e:
+        logging.getLogger("asr_kd.train").error("%s", e)
+        print(f"train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

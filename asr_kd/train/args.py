@@ -92,9 +92,25 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("checkpoints and logging")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue training: from the newest checkpoint of --exp-dir (no value) or a file")
+                   help="continue this run: from the newest loadable checkpoint of --exp-dir (no value; "
+                        "unreadable ones are skipped with a warning) or from the given file. The settings "
+                        "must equal the checkpoint's (see --allow-changed-settings)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run even though --exp-dir holds another run's checkpoints: they are "
+                        "moved (not deleted) to <exp-dir>/replaced-<time>-<run id>/. Without it such a "
+                        "start is refused")
+    g.add_argument("--allow-changed-settings", action="store_true",
+                   help="let --resume continue although settings that change training (lr, loss weights, "
+                        "KD flags, data, seed, ...) differ from the checkpoint's; each is logged")
     g.add_argument("--init-from", default=None,
-                   help="initialise the model weights from this checkpoint (no optimiser state)")
+                   help="initialise the model weights from this checkpoint (no optimiser state; LR warm-up, "
+                        "loss warm-up and the CTC head start afresh)")
+    g.add_argument("--continue-from", default=None, metavar="CKPT",
+                   help="start a new run (new --exp-dir) from the full training state of the epoch "
+                        "checkpoint CKPT (epoch-<e>.pt of another run): model, CTC head, optimizer moments "
+                        "of parameters present in both runs (new ones, e.g. KD projections, start fresh), "
+                        "LR schedule and the batch count driving --warm-step and the delay-penalty gate. "
+                        "Epochs continue counting: this run trains epochs e+1 .. e+--num-epochs")
     g.add_argument("--save-every-n", type=int, default=2000, help="checkpoint every N batches (0: off)")
     g.add_argument("--keep-last-k", type=int, default=5, help="batch checkpoints to keep (0: all)")
     g.add_argument("--avg", type=int, default=1,

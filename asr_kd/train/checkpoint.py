@@ -27,6 +27,10 @@ values, loadable with ``torch.load(..., weights_only=True)``)::
     bad_batches      int, consecutive non-finite batches at save time
     valid_loss       float or None (epoch checkpoints)
     args             dict, the command-line arguments (str/int/float/bool/list/None)
+    run_id           str, identifies the training run that wrote the file (kept across
+                     --resume; a fresh run gets a new one); pruning deletes only its own run's files
+    epoch_metrics    {"frames": float, "sums": {name: float}}: the running train-loss sums of the
+                     current epoch, so the epoch's loss after a resume covers the whole epoch
 
 ``pretrained.pt`` and ``average_checkpoints`` outputs hold only
 ``format_version, model, model_config, feature_config, bpe_model,
@@ -50,11 +54,13 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "atomic_torch_save",
     "load_checkpoint",
     "get_rng_state",
     "set_rng_state",
     "list_checkpoints",
+    "peek_checkpoint",
     "latest_checkpoint",
     "prune_checkpoints",
     "epoch_checkpoints",
@@ -76,17 +82,45 @@ _BATCH_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 _EPOCH_RE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
-def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict (``weights_only=True``); clear errors for missing/corrupt files."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message is one line naming the file and why."""
+
+
+def _why_unreadable(path: Path, err: BaseException) -> str:
+    """Short reason for a failed ``torch.load`` of ``path`` (judged from the file, not torch's text)."""
+    import zipfile
+
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            return f"truncated ({size} bytes; the archive has no end record)"
+        return f"damaged archive ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    return f"not a PyTorch checkpoint ({size} bytes, starts with {head!r})"
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load an asr_kd checkpoint dict (``weights_only=True``).
+
+    Raises ``FileNotFoundError`` for a missing file and ``CheckpointError``
+    (one line: the file and the reason: empty, truncated, damaged, not a
+    PyTorch checkpoint, not an asr_kd checkpoint) for an unusable one.
+    ``mmap=True`` maps tensors lazily (cheap peeks at metadata).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint.py: no checkpoint file {path}")
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt / truncated / foreign pickle
-        raise RuntimeError(f"checkpoint.py: cannot read checkpoint {path}: {e}") from e
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # corrupt / truncated / foreign file
+        raise CheckpointError(f"checkpoint {path}: cannot be read: {_why_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(f"checkpoint.py: {path} is not an asr_kd checkpoint (no 'model' entry)")
+        what = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else f"keys {sorted(ckpt)[:5]}"
+        raise CheckpointError(f"checkpoint {path}: not an asr_kd checkpoint (holds {what}, no 'model' entry)")
     return ckpt
 
 
@@ -165,24 +199,45 @@ def epoch_checkpoints(exp_dir: PathLike, last_epoch: Optional[int], avg: int) ->
     return wanted
 
 
-def latest_checkpoint(exp_dir: PathLike) -> Optional[Path]:
-    """The checkpoint furthest into training (largest batch_idx_train; epoch ones win ties)."""
+def peek_checkpoint(path: PathLike) -> Optional[dict[str, Any]]:
+    """The checkpoint dict with lazily mapped tensors, or None (with a warning naming the file) if unusable."""
+    try:
+        return load_checkpoint(path, mmap=True)
+    except (CheckpointError, FileNotFoundError) as e:
+        log.warning("%s; skipping it", e)
+        return None
+
+
+def latest_checkpoint(exp_dir: PathLike, run_id: Optional[str] = None) -> Optional[Path]:
+    """The loadable checkpoint furthest into training (largest batch_idx_train; epoch ones win ties).
+
+    Unreadable files (truncated, empty, foreign) are skipped with a warning
+    naming them, so a resume falls back to the newest intact checkpoint.
+    With ``run_id``, only checkpoints of that run are considered.
+    """
     batch, epochs = list_checkpoints(exp_dir)
-    candidates = ([batch[-1][1]] if batch else []) + ([epochs[-1][1]] if epochs else [])
     best, best_key = None, None
-    for p in candidates:
-        ck = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    for _, p in batch + epochs:
+        ck = peek_checkpoint(p)
+        if ck is None or (run_id is not None and ck.get("run_id") != run_id):
+            continue
         key = (int(ck.get("batch_idx_train", -1)), bool(ck.get("epoch_done", False)))
         if best_key is None or key > best_key:
             best, best_key = p, key
     return best
 
 
-def prune_checkpoints(exp_dir: PathLike, keep_last_k: int) -> list[Path]:
-    """Delete all but the newest ``keep_last_k`` batch checkpoints (0: keep all); return deleted."""
+def prune_checkpoints(exp_dir: PathLike, keep_last_k: int, run_id: Optional[str] = None) -> list[Path]:
+    """Delete all but the newest ``keep_last_k`` batch checkpoints (0: keep all); return deleted.
+
+    With ``run_id`` only that run's checkpoints are counted and deleted: files
+    of another run, of no run id (older versions) or unreadable are never touched.
+    """
     if keep_last_k <= 0:
         return []
     batch, _ = list_checkpoints(exp_dir)
+    if run_id is not None:
+        batch = [(b, p) for b, p in batch if (ck := peek_checkpoint(p)) is not None and ck.get("run_id") == run_id]
     removed = []
     for _, p in batch[: max(0, len(batch) - keep_last_k)]:
         p.unlink(missing_ok=True)

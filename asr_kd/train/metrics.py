@@ -38,6 +38,18 @@ class MetricsTracker:
             if k != "frames":
                 self.sums[k] = self.sums.get(k, 0.0) + frames * float(v)
 
+    def state_dict(self) -> dict[str, Any]:
+        """{"frames": float, "sums": {name: float}} (plain values, checkpoint-safe)."""
+        return {"frames": float(self.frames), "sums": dict(self.sums)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "MetricsTracker":
+        """Inverse of :meth:`state_dict`."""
+        out = cls()
+        out.frames = float(state.get("frames", 0.0))
+        out.sums = {str(k): float(v) for k, v in (state.get("sums") or {}).items()}
+        return out
+
     def averages(self) -> dict[str, float]:
         if self.frames <= 0:
             return {}

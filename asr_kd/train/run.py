@@ -4,8 +4,13 @@ Order of events (every rank):
  1. process group (torchrun env) and logging (``exp_dir/log/train-rank<r>.log``);
  2. seed python/numpy/torch with ``--seed`` (identical model init on all ranks);
  3. tokenizer, model config from ``--preset/--causal/--chunk-size/...``;
-    with ``--resume``, the checkpoint's model_config and bpe_sha256 must match;
- 4. model (``--init-from`` loads weights only), loss computer
+    stale ``.tmp`` files of killed writers removed; with ``--resume``, the newest
+    loadable checkpoint (unreadable ones skipped with a warning), whose model_config,
+    bpe_sha256 and settings must match (``asr_kd.train.settings``) and whose run id
+    is kept; without it, an exp dir holding another run's files is refused unless
+    ``--overwrite`` (``asr_kd.train.expdir``), and a new run id is drawn;
+ 4. model (``--init-from`` loads weights only; ``--continue-from`` carries the
+    full training state, ``asr_kd.train.carry``), loss computer
     (``losses.build_loss_computer``), AdamW + schedule;
  5. re-seed torch/python/numpy with ``seed + rank`` (dropout differs per rank);
  6. cuts: short utterances filtered (``asr_kd.data.filter_short_cuts``,
@@ -27,7 +32,11 @@ import numpy as np
 import torch
 
 from asr_kd.train.args import sanitize_args
-from asr_kd.train.checkpoint import epoch_checkpoints, latest_checkpoint, load_checkpoint, save_averaged
+from asr_kd.train.carry import carry_training_state
+from asr_kd.train.checkpoint import (CheckpointError, epoch_checkpoints, latest_checkpoint, load_checkpoint,
+                                     save_averaged)
+from asr_kd.train.expdir import claim_fresh_exp_dir, clean_stale_tmp, new_run_id, run_files
+from asr_kd.train.settings import check_resume_settings
 from asr_kd.train.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from asr_kd.train.losses import build_loss_computer
 from asr_kd.train.metrics import TensorBoardLogger
@@ -99,18 +108,54 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def _resume_checkpoint(args: argparse.Namespace, exp_dir: Path) -> Optional[dict[str, Any]]:
+def _resume_checkpoint(args: argparse.Namespace, exp_dir: Path) -> Optional[tuple[Path, dict[str, Any]]]:
+    """(path, checkpoint) to resume from, or None for a fresh run.
+
+    ``--resume`` without a file takes the newest loadable checkpoint (unreadable
+    ones are skipped with a warning naming them); when the directory holds run
+    files but none is loadable, it stops instead of starting from scratch over them.
+    """
     if args.resume is None:
         return None
     if args.resume == "latest":
         path = latest_checkpoint(exp_dir)
         if path is None:
+            if run_files(exp_dir):
+                raise CheckpointError(f"--resume: no loadable checkpoint in {exp_dir} (see the warnings above "
+                                      f"for each file); nothing was changed")
             log.warning("--resume: no checkpoint in %s; starting from scratch", exp_dir)
             return None
     else:
         path = Path(args.resume)
     log.info("resuming from %s", path)
-    return load_checkpoint(path)
+    return path, load_checkpoint(path)
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """One-line ValueErrors for flag combinations that cannot mean anything."""
+    cont = getattr(args, "continue_from", None)
+    if args.resume is not None and getattr(args, "overwrite", False):
+        raise ValueError("--resume and --overwrite exclude each other: resume the run, or move it aside")
+    if cont and args.init_from:
+        raise ValueError("--continue-from and --init-from exclude each other (--continue-from includes the weights)")
+    if args.num_epochs < 1:
+        raise ValueError(f"--num-epochs must be >= 1, got {args.num_epochs}")
+
+
+def _load_continue(args: argparse.Namespace, model_cfg: Any, bpe_sha: str) -> Optional[dict[str, Any]]:
+    """The --continue-from checkpoint, checked against this run's model config and BPE model."""
+    path = getattr(args, "continue_from", None)
+    if not path:
+        return None
+    ck = load_checkpoint(path)
+    if ck.get("model_config") != model_cfg.to_dict():
+        raise ValueError(f"--continue-from {path}: its model_config differs from the one built from the flags; "
+                         f"use the same --preset/--causal/--chunk-size/--left-context/--dropout as that run")
+    if ck.get("bpe_sha256") != bpe_sha:
+        raise ValueError(f"--continue-from {path} was trained with another BPE model than {args.bpe_model}")
+    if not ck.get("epoch_done"):
+        raise ValueError(f"--continue-from {path}: not an end-of-epoch checkpoint (use an epoch-<e>.pt)")
+    return ck
 
 
 def _load_cuts(path: str, what: str):
@@ -129,6 +174,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
     from asr_kd.data.tokenizer import Tokenizer, file_sha256
     from asr_kd.models import build_transducer
 
+    _check_run_flags(args)
     dist: DistInfo = setup_distributed(args.device)
     exp_dir = Path(args.exp_dir)
     if dist.is_main:
@@ -142,7 +188,23 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
         tokenizer = Tokenizer(args.bpe_model)
         bpe_sha = file_sha256(args.bpe_model)
         model_cfg = build_model_config(args, tokenizer.vocab_size)
-        ckpt = _resume_checkpoint(args, exp_dir)
+        if dist.is_main:
+            clean_stale_tmp(exp_dir)
+        resumed = _resume_checkpoint(args, exp_dir)
+        ckpt = resumed[1] if resumed is not None else None
+        epoch_offset = 0
+        if resumed is None:
+            if dist.is_main:
+                claim_fresh_exp_dir(exp_dir, getattr(args, "overwrite", False))
+            run_id = new_run_id()
+        else:
+            run_id = str(ckpt.get("run_id") or new_run_id())
+            epoch_offset = int(ckpt.get("epoch_offset", 0) or 0)
+        cont = _load_continue(args, model_cfg, bpe_sha) if ckpt is None else None
+        if cont is not None:
+            epoch_offset = int(cont["epoch"])
+        log.info("run id %s%s", run_id, f", epochs {epoch_offset + 1}..{epoch_offset + args.num_epochs}"
+                 if epoch_offset else "")
         if ckpt is not None:
             if ckpt.get("model_config") != model_cfg.to_dict():
                 raise ValueError(
@@ -151,6 +213,8 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
                 )
             if ckpt.get("bpe_sha256") != bpe_sha:
                 raise ValueError(f"--resume: {args.bpe_model} is not the BPE model the checkpoint was trained with")
+            check_resume_settings(ckpt, sanitize_args(args), str(resumed[0]),
+                                  allow_changed=getattr(args, "allow_changed_settings", False))
 
         model = build_transducer(model_cfg)
         if args.init_from and ckpt is None:
@@ -191,7 +255,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
                                        encoder_frames=encoder_frames, max_speed=max_speed)
         if len(train_cuts) == 0:
             raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
-        if ckpt is None and not args.init_from:
+        if ckpt is None and cont is None and not args.init_from:
             # A fresh model: input normalisation from the training data (resume and
             # --init-from bring theirs in the state_dict).
             mean, std = estimate_feature_stats(train_cuts, on_the_fly=args.on_the_fly_feats)
@@ -210,11 +274,13 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
             "bpe_model": str(Path(args.bpe_model).resolve()),
             "bpe_sha256": bpe_sha,
             "args": sanitize_args(args),
+            "run_id": run_id,
+            "epoch_offset": epoch_offset,
         }
         trainer = Trainer(
             model, loss_computer, optimizer, scheduler,
             TrainerConfig(
-                exp_dir=exp_dir, num_epochs=args.num_epochs, max_grad_norm=args.max_grad_norm,
+                exp_dir=exp_dir, num_epochs=epoch_offset + args.num_epochs, max_grad_norm=args.max_grad_norm,
                 amp=resolve_amp(args.amp, dist.device), save_every_n=args.save_every_n,
                 keep_last_k=args.keep_last_k, log_interval=args.log_interval,
                 max_bad_batches=args.max_bad_batches, find_unused_parameters=args.find_unused_parameters,
@@ -225,12 +291,15 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
             del ckpt
+        elif cont is not None:
+            carry_training_state(trainer, cont, str(args.continue_from))
+            del cont
         trainer.fit(train_dl, valid_dl)
 
         out: Optional[Path] = None
         if dist.is_main and args.avg > 0:
             avg = min(args.avg, args.num_epochs)
-            paths = epoch_checkpoints(exp_dir, args.num_epochs, avg)
+            paths = epoch_checkpoints(exp_dir, epoch_offset + args.num_epochs, avg)
             out = save_averaged(paths, exp_dir / "pretrained.pt")
             log.info("wrote %s (average of %s)", out, [p.name for p in paths])
         barrier()

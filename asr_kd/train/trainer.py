@@ -202,6 +202,7 @@ class Trainer:
         self.batch_idx = 0  # batches trained in the current epoch
         self.batch_idx_train = 0  # batches trained in total
         self.bad_in_row = 0
+        self.epoch_tracker = MetricsTracker()  # this rank's train-loss sums of the current epoch
 
     # ------------------------------------------------------------------ one step
 
@@ -302,8 +303,14 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self, epoch_done: bool = False, valid_loss: Optional[float] = None,
-                   rng: Optional[list[Any]] = None) -> dict[str, Any]:
+                   rng: Optional[list[Any]] = None, metrics: Optional[list[Any]] = None) -> dict[str, Any]:
+        """Everything an exact resume needs (``asr_kd.train.checkpoint`` lists the keys).
+
+        ``rng``/``metrics``: per-rank RNG states and epoch train-loss sums (default: this rank's only).
+        """
         lc_sd = getattr(self.loss_computer, "state_dict", None)
+        from asr_kd.train.carry import optimizer_param_names
+
         return {
             "format_version": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -321,14 +328,26 @@ class Trainer:
             "bad_batches": self.bad_in_row,
             "valid_loss": valid_loss,
             "args": self.meta.get("args", {}),
+            "run_id": self.meta.get("run_id"),
+            "epoch_offset": int(self.meta.get("epoch_offset", 0) or 0),
+            "epoch_metrics": metrics if metrics is not None else [self.epoch_tracker.state_dict()],
+            "param_names": optimizer_param_names(self.optimizer, self.model, self.loss_computer),
         }
 
-    def save(self, name: str, epoch_done: bool = False, valid_loss: Optional[float] = None) -> Optional[Path]:
-        """Collective: gathers every rank's RNG state; the main rank writes ``exp_dir/name``."""
+    def save(self, name: str, epoch_done: bool = False, valid_loss: Optional[float] = None,
+             train_metrics: Optional[dict[str, float]] = None) -> Optional[Path]:
+        """Collective: gathers every rank's RNG state and loss sums; the main rank writes ``exp_dir/name``.
+
+        ``train_metrics`` (epoch checkpoints): the epoch's frame-weighted train averages, over all ranks.
+        """
         rng = all_gather_objects(get_rng_state())
+        metrics = all_gather_objects(self.epoch_tracker.state_dict())
         if not self.dist.is_main:
             return None
-        path = atomic_torch_save(self.state_dict(epoch_done, valid_loss, rng), Path(self.cfg.exp_dir) / name)
+        sd = self.state_dict(epoch_done, valid_loss, rng, metrics)
+        if train_metrics is not None:
+            sd["train_metrics"] = dict(train_metrics)
+        path = atomic_torch_save(sd, Path(self.cfg.exp_dir) / name)
         log.info("saved %s", path)
         return path
 
@@ -355,8 +374,16 @@ class Trainer:
                         len(rngs), self.dist.world_size)
         if ckpt.get("epoch_done"):
             self.epoch, self.batch_idx = int(ckpt["epoch"]) + 1, 0
+            self.epoch_tracker = MetricsTracker()
         else:
             self.epoch, self.batch_idx = int(ckpt["epoch"]), int(ckpt["batch_idx"])
+            per_rank = ckpt.get("epoch_metrics") or []
+            if per_rank:
+                state = per_rank[self.dist.rank] if self.dist.rank < len(per_rank) else per_rank[0]
+                self.epoch_tracker = MetricsTracker.from_state_dict(state)
+            else:
+                log.warning("checkpoint has no running train-loss sums (older version): the loss of "
+                            "epoch %d covers only the batches after the resume", self.epoch)
         set_rng_state(rng)
 
     # ------------------------------------------------------------------ epochs
@@ -379,7 +406,7 @@ class Trainer:
         self._set_train_mode(True)
         _own_generator(loader, self.cfg.seed)
         it = iter(loader)
-        epoch_tracker, interval = MetricsTracker(), MetricsTracker()
+        epoch_tracker, interval = self.epoch_tracker, MetricsTracker()
         bar = tqdm(desc=f"epoch {self.epoch}", initial=self.batch_idx, unit="batch", dynamic_ncols=True,
                    disable=not (self.cfg.progress and self.dist.is_main))
         try:
@@ -397,7 +424,7 @@ class Trainer:
                 if self.cfg.save_every_n > 0 and self.batch_idx_train % self.cfg.save_every_n == 0:
                     self.save(f"checkpoint-{self.batch_idx_train}.pt")
                     if self.dist.is_main:
-                        prune_checkpoints(self.cfg.exp_dir, self.cfg.keep_last_k)
+                        prune_checkpoints(self.cfg.exp_dir, self.cfg.keep_last_k, run_id=self.meta.get("run_id"))
         finally:
             bar.close()
         return epoch_tracker
@@ -419,7 +446,9 @@ class Trainer:
                 log.info("epoch %d done: train %s; valid %s", self.epoch,
                          _fmt(train_avg), _fmt(valid_avg) if valid_avg else "(no validation set)")
             self.scheduler.step_epoch()
-            path = self.save(f"epoch-{self.epoch}.pt", epoch_done=True, valid_loss=valid_avg.get("loss"))
+            self.epoch_tracker = MetricsTracker()
+            path = self.save(f"epoch-{self.epoch}.pt", epoch_done=True, valid_loss=valid_avg.get("loss"),
+                             train_metrics=train_avg)
             if path is not None:
                 written.append(path)
             self.epoch += 1
