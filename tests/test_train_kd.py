@@ -261,3 +261,35 @@ def test_projection_when_dims_differ(corpus, tmp_path) -> None:
     _, _, lc_same, _ = _setup(corpus, make_teacher_checkpoint(tmp_path / "t64.pt", corpus["bpe"]),
                               "--kd-stage", "hidden")
     assert lc_same.projections is None  # auto: equal dims, no projection
+
+
+def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, caplog) -> None:
+    """Stage 1 (hidden KD, CTC head, a projection) -> stage 2 (output KD) via --continue-from."""
+    from asr_kd.bin.train import main as train_main
+    from asr_kd.train.checkpoint import load_checkpoint
+
+    s1 = tmp_path / "stage1"
+    train_main(_argv(corpus, s1, teacher, "--kd-stage", "hidden", "--ctc-scale", "0.3", "--kd-projection", "true"))
+    c1 = load_checkpoint(s1 / "epoch-1.pt")
+    assert "projections" in c1["loss_computer"] and "ctc_head" in c1["loss_computer"]["base"]
+    s2 = tmp_path / "stage2"
+    with caplog.at_level("INFO"):
+        train_main(_argv(corpus, s2, teacher, "--kd-stage", "output", "--ctc-scale", "0.3",
+                         "--continue-from", str(s1 / "epoch-1.pt")))
+    c2 = load_checkpoint(s2 / "epoch-2.pt")  # epochs continue counting: stage 2 trains epoch 2
+    assert not (s2 / "epoch-1.pt").exists() and (s2 / "pretrained.pt").is_file()
+    per_epoch = c1["batch_idx_train"]
+    assert c2["batch_idx_train"] == 2 * per_epoch  # warm-step / delay-penalty gate count on
+    assert c2["scheduler"] == {"batch": 2 * per_epoch, "epoch": 2}  # no second LR warm-up
+    n_model = len(c2["model"])
+    n_ctc = len(c2["loss_computer"]["base"]["ctc_head"])
+    text = caplog.text
+    assert "CTC head carried" in text
+    n_params = len(c2["param_names"])
+    assert f"optimizer moments carried for {n_params} of {n_params} parameters" in text
+    assert all(n.startswith(("model.", "ctc_head.")) for n in c2["param_names"])
+    assert n_params <= n_model + n_ctc
+    assert "kd_output_loss" in text
+    step1 = {n: int(c1["optimizer"]["state"][i]["step"]) for i, n in enumerate(c1["param_names"])}
+    step2 = {n: int(c2["optimizer"]["state"][i]["step"]) for i, n in enumerate(c2["param_names"])}
+    assert all(step2[n] > step1[n] for n in step2)  # Adam moments continued, not restarted

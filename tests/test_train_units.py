@@ -339,3 +339,45 @@ def test_delay_penalty_reaches_both_losses_from_warm_step() -> None:
     assert after["pruned_loss"] == pytest.approx(float(pen.pruned_loss) / frames, rel=1e-5)
     with pytest.raises(ValueError, match="delay_penalty"):
         TransducerLossConfig(delay_penalty=-0.1)
+
+
+def test_disk_full_names_the_path_and_keeps_the_old_file(tmp_path) -> None:
+    import errno
+    import io
+
+    from asr_kd.atomic import DiskFullError, atomic_torch_save, atomic_write
+
+    target = tmp_path / "epoch-3.pt"
+    torch.save({"model": {"w": torch.ones(3)}}, target)
+    old = target.read_bytes()
+
+    def full(f) -> None:
+        f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as e:
+        atomic_write(target, full)
+    assert str(e.value) == f"No space left on device: cannot write {target} (earlier files are intact)"
+
+    class FullFile(io.RawIOBase):  # torch.save wraps the OSError in its own RuntimeError
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    import asr_kd.atomic as atomic_mod
+
+    real_open = open
+
+    def fake_open(path, mode="r", *a, **k):
+        return FullFile() if str(path).endswith(f".tmp.{__import__('os').getpid()}") else real_open(path, mode, *a, **k)
+
+    atomic_mod.open = fake_open  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(DiskFullError, match=f"^No space left on device: cannot write {target}"):
+            atomic_torch_save({"model": {"w": torch.zeros(1000)}}, target)
+    finally:
+        del atomic_mod.open
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-3.pt"]  # no temp file left
