@@ -95,10 +95,10 @@ def test_decode_modes_rows_and_determinism(setup, tmp_path):
         assert stream[k] == sim[k]
     # streaming and simulated streaming: the same hypotheses and times, file for file
     for kind, ext in (("recogs", "txt"), ("errs", "txt"), ("timings", "jsonl")):
-        a = out / f"{kind}-test-greedy-streaming-chunk320ms-left640ms.{ext}"
-        b = out / f"{kind}-test-greedy-simulated-streaming-chunk320ms-left640ms.{ext}"
+        a = out / f"{kind}-test-greedy-streaming-chunk320ms-left640ms-tiny.{ext}"
+        b = out / f"{kind}-test-greedy-simulated-streaming-chunk320ms-left640ms-tiny.{ext}"
         assert a.read_bytes() == b.read_bytes()
-    timings = [json.loads(x) for x in (out / "timings-test-greedy-offline.jsonl").read_text().splitlines()]
+    timings = [json.loads(x) for x in (out / "timings-test-greedy-offline-tiny.jsonl").read_text().splitlines()]
     notes = {t["id"]: t["note"] for t in timings}
     assert "empty audio" in notes["empty"] and "shorter" in notes["short"] and "silence" in notes["silence"]
     assert all(t["hyp"] == [] for t in timings if t["note"])
@@ -128,19 +128,33 @@ def test_latency_null_without_reference_times(setup, tmp_path, caplog):
     assert row["mean_symbol_delay_ms"] is not None or row["num_symbol_delay_words"] == 0
 
 
-def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys):
+def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys, caplog):
     d, ckpt, bpe, model = setup
     lost = _bad_cut(tmp_path, "lost", 0.1 * np.ones(4000))
     (tmp_path / "lost.wav").unlink()
     with pytest.raises(RuntimeError, match="lost.wav"):
-        decode_cuts(model, Tokenizer(bpe).id_to_piece, CutSet.from_cuts([lost]), DecodeSettings())
+        decode_cuts(model, Tokenizer(bpe).id_to_piece, CutSet.from_cuts([lost]), DecodeSettings(strict=True))
     garbage = _bad_cut(tmp_path, "garbage", 0.1 * np.ones(4000))
     (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wav file")
-    for cut, name in ((lost, "lost.wav"), (garbage, "garbage.wav")):
-        CutSet.from_cuts([cut]).to_file(tmp_path / "cuts_bad.jsonl.gz")
-        rc = decode_cli.main(["--checkpoint", str(ckpt), "--cuts", str(tmp_path / "cuts_bad.jsonl.gz"),
-                              "--out-dir", str(tmp_path / "x"), "--no-progress"])
-        assert rc == 1 and name in capsys.readouterr().err
+    good = list(CutSet.from_file(d / "cuts_test.jsonl.gz"))[:3]
+    CutSet.from_cuts(good + [lost, garbage]).to_file(tmp_path / "cuts_bad.jsonl.gz")
+    base = ["--checkpoint", str(ckpt), "--cuts", str(tmp_path / "cuts_bad.jsonl.gz"), "--no-progress",
+            "--model-name", "m"]
+    # default: the bad files are named and counted, the rest is decoded
+    with caplog.at_level("WARNING"):
+        assert decode_cli.main(base + ["--out-dir", str(tmp_path / "x")]) == 0
+    for name in ("lost.wav", "garbage.wav"):
+        assert any(name in r.getMessage() and "cannot read audio" in r.getMessage() and "\n" not in r.getMessage()
+                   for r in caplog.records)
+    row = json.loads((tmp_path / "x" / "results.json").read_text())[0]
+    assert row["num_utts"] == 5 and row["num_empty_by_bad_audio"] == 2
+    recogs = (tmp_path / "x" / "recogs-bad-greedy-offline-m.txt").read_text()
+    assert all(c.id in recogs for c in good)
+    # --strict: the first unreadable file stops the decode, with one line naming it
+    assert decode_cli.main(base + ["--out-dir", str(tmp_path / "y"), "--strict"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "garbage.wav" in err[-1] or "lost.wav" in err[-1]
+    assert not (tmp_path / "y" / "results.json").exists()
     for extra, msg in ((["--mode", "streaming", "--chunk-sizes-ms", "300"], "multiple of 40"),
                        (["--cuts", str(tmp_path / "nope.jsonl.gz")], "nope.jsonl.gz")):
         args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"),
@@ -156,8 +170,8 @@ def test_compare_cli(setup, tmp_path, capsys):
     d, ckpt, _, _ = setup
     out = tmp_path / "c"
     _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320,640")
-    a = out / "recogs-test-greedy-streaming-chunk320ms-left640ms.txt"
-    b = out / "recogs-test-greedy-streaming-chunk640ms-left640ms.txt"
+    a = out / "recogs-test-greedy-streaming-chunk320ms-left640ms-tiny.txt"
+    b = out / "recogs-test-greedy-streaming-chunk640ms-left640ms-tiny.txt"
     assert compare_cli.main([str(a), str(b), "--name-a", "c320", "--name-b", "c640",
                              "--num-samples", "200", "--json", str(out / "cmp.json")]) == 0
     text = capsys.readouterr().out
@@ -172,7 +186,7 @@ def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
     d, ckpt, _, _ = setup
     out = tmp_path / "a"
     _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320")
-    name = "timings-test-greedy-streaming-chunk320ms-left640ms.jsonl"
+    name = "timings-test-greedy-streaming-chunk320ms-left640ms-tiny.jsonl"
     timings = {t["id"]: t for t in map(json.loads, (out / name).read_text().splitlines())}
     cuts = CutSet.from_file(d / "cuts_test.jsonl.gz")
     oracle, lat, delay, avail_delay = [], [], [], []
@@ -199,3 +213,17 @@ def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
     assert row["mean_symbol_delay_ms"] == pytest.approx(np.mean(delay), abs=0.06)
     assert row["mean_availability_delay_ms"] == pytest.approx(np.mean(avail_delay), abs=0.06)
     assert row["mean_availability_delay_ms"] >= row["mean_symbol_delay_ms"]
+
+
+def test_two_models_in_one_out_dir_and_checkpoint_with_epoch(setup, tmp_path, capsys):
+    d, ckpt, _, _ = setup
+    out = tmp_path / "shared"
+    for name in ("model-a", "model-b"):
+        assert decode_cli.main(["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"),
+                                "--out-dir", str(out), "--model-name", name, "--no-progress"]) == 0
+    assert sorted(p.name for p in out.glob("recogs-*")) == ["recogs-test-greedy-offline-model-a.txt",
+                                                           "recogs-test-greedy-offline-model-b.txt"]
+    assert len(json.loads((out / "results.json").read_text())) == 2
+    assert decode_cli.main(["--checkpoint", str(ckpt), "--exp-dir", str(d), "--epoch", "1", "--cuts",
+                            str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out)]) == 1
+    assert "not both" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Is system A really better than system B? Paired bootstrap on two recogs files.
 
-    python -m asr_kd.bin.compare exp/kd/decode/recogs-test-greedy-streaming-chunk640ms-left2560ms.txt \\
-        exp/baseline/decode/recogs-test-greedy-streaming-chunk640ms-left2560ms.txt \\
+    python -m asr_kd.bin.compare exp/kd/decode/recogs-test-greedy-streaming-chunk640ms-left2560ms-kd.txt \\
+        exp/baseline/decode/recogs-test-greedy-streaming-chunk640ms-left2560ms-baseline.txt \\
         --name-a kd --name-b baseline
 
 Both files must hold the same utterances with the same references (the

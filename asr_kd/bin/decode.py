@@ -6,12 +6,16 @@ Example (one row per chunk size: a WER-against-latency curve from one command)::
         --cuts data/fbank/cuts_test.jsonl.gz --method greedy --mode streaming \\
         --chunk-sizes-ms 320 640 1280 --out-dir exp/student/decode --model-name student
 
-Writes, per configuration, ``recogs-/errs-/wer-summary-/timings-<test_set>-<setting>.txt``
+Writes, per configuration, ``recogs-/errs-/wer-summary-/timings-<test_set>-<setting>-<model>.txt``
 into ``--out-dir`` and inserts/updates the matching row of ``results.json``
 (``--results-json``, default ``<out-dir>/results.json``). See
 ``asr_kd.metrics.results`` for the row schema and ``asr_kd.decode.timing`` for
 the time definitions. Decoding the same set twice gives byte-identical result
 files; in ``results.json`` only ``rtf`` (wall clock) changes.
+
+A cut whose audio cannot be read (missing or corrupt file) is named in a
+warning, decoded as an empty hypothesis and counted in the row's
+``num_empty_by_bad_audio``; ``--strict`` makes it an error instead.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="average the checkpoints of epochs epoch-avg+1 .. epoch (with --exp-dir)")
     g.add_argument("--bpe-model", type=Path, default=None,
                    help="sentencepiece model (default: the one recorded in the checkpoint)")
-    g.add_argument("--model-name", default=None, help="row name (default: exp dir / checkpoint stem)")
+    g.add_argument("--model-name", default=None,
+                   help="row name, also part of the output file names (default: exp dir / checkpoint stem)")
     g.add_argument("--device", default="cpu", help="cpu | cuda[:n] (default %(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--cuts", type=Path, required=True, help="lhotse CutSet manifest with audio")
@@ -72,6 +77,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--out-dir", type=Path, required=True)
     g.add_argument("--results-json", type=Path, default=None, help="default: <out-dir>/results.json")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at the first cut whose audio cannot be read (default: name it in the log, "
+                        "decode it as an empty hypothesis and count it in num_empty_by_bad_audio)")
     return p
 
 
@@ -97,6 +105,8 @@ def ms_to_frames(ms: int, what: str, allow_unlimited: bool = False) -> int:
 
 
 def checkpoint_paths(args: argparse.Namespace) -> List[Path]:
+    if args.checkpoint and (args.exp_dir is not None or args.epoch is not None):
+        raise ValueError("give either --checkpoint PATH [PATH ...] or --exp-dir D --epoch N [--avg K], not both")
     if args.checkpoint:
         paths = list(args.checkpoint)
     elif args.exp_dir is not None and args.epoch is not None:
@@ -221,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                                   max_symbols_per_frame=args.max_sym_per_frame, chunk_size=chunk,
                                   left_context=left if args.mode != "offline" else None,
                                   max_duration=args.max_duration, num_streams=args.num_streams,
-                                  device=args.device)
+                                  device=args.device, strict=args.strict)
         setting = setting_name(args.method, args.beam, args.mode, chunk_ms,
                                left_ms if args.mode != "offline" else None)
         rtf = RtfMeter()
@@ -239,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         have_corpus = any(u.ref_starts_s is not None and u.cut_id not in used for u in utts)
         source = ("mixed:corpus+" + ref_source if used and have_corpus else ref_source if used
                   else "corpus" if have_corpus else None)
-        metrics = score_and_write(utts, args.out_dir, test_set, setting)
+        metrics = score_and_write(utts, args.out_dir, test_set, setting, model=model_name)
         row = {
             "model": model_name,
             "decoding": args.method,

@@ -9,7 +9,7 @@ Example (stage 9 of egs/synth/ASR/run.sh)::
         --header "command: bash run.sh --preset small"
 
 ``--bootstrap A:B`` adds, for every test set, the paired-bootstrap 95%
-interval of WER(A) - WER(B) from ``<exp-dir>/<model>/decode/recogs-<set>-<setting>*.txt``
+interval of WER(A) - WER(B) from ``<exp-dir>/<model>/decode/recogs-<set>-<setting>*-<model>.txt``
 (decoded with the same setting by stage 8).
 """
 from __future__ import annotations

@@ -15,9 +15,12 @@ in the encoder's context and in the availability times:
   ``input_finished``; the result does not depend on the piece size).
 
 Degenerate audio (empty, shorter than one encoder frame, pure digital
-silence) gives an empty hypothesis and a note (logged, and stored in
-``UtteranceOutput.note``). A missing or unreadable audio file raises
-``RuntimeError`` naming the cut and the file.
+silence, NaN/inf samples) and audio that cannot be read (missing, corrupt
+file) give an empty hypothesis and a note (logged as one warning line naming
+the cut and the file, and stored in ``UtteranceOutput.note``, so the
+``num_empty_by_bad_audio`` count of the results row includes them); the other
+cuts are decoded as usual. With ``DecodeSettings.strict`` an unreadable file
+raises ``RuntimeError`` naming the cut and the file instead.
 
 Decoding is deterministic: the same cuts and configuration give the same
 hypotheses and times. RTF (:class:`RtfMeter`) covers feature extraction,
@@ -63,6 +66,7 @@ class DecodeSettings:
     max_duration: float = 200.0
     num_streams: int = 32
     device: str = "cpu"
+    strict: bool = False  # unreadable audio: raise instead of an empty hypothesis
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -100,8 +104,9 @@ def load_mono_audio(cut: Any, sampling_rate: int = FBANK_OPTS.sampling_rate) -> 
             cut = cut.resample(sampling_rate)
         audio = cut.load_audio()
     except Exception as e:  # lhotse raises many types for missing/corrupt files
+        why = " ".join(str(e).split())  # one line: lhotse's message spans several
         raise RuntimeError(f"cut {cut.id}: cannot read audio from {source()}: "
-                           f"{type(e).__name__}: {e}") from e
+                           f"{type(e).__name__}: {why[:300]}") from e
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 2:
         audio = audio[0]
@@ -121,6 +126,22 @@ def bad_audio_note(samples: np.ndarray, min_samples: int) -> str:
     if not np.all(np.isfinite(samples)):
         raise ValueError("audio contains NaN or inf samples")
     return ""
+
+
+def _load_or_note(cut: Any, min_samples: int, strict: bool) -> tuple[np.ndarray, str]:
+    """(samples, note): a bad or unreadable file gives no samples and a note (see module docstring)."""
+    try:
+        audio = load_mono_audio(cut)
+        note = bad_audio_note(audio, min_samples)
+    except (RuntimeError, ValueError) as e:
+        msg = str(e) if str(e).startswith(f"cut {cut.id}") else f"cut {cut.id}: {e}"
+        if strict:
+            raise RuntimeError(msg) from None
+        log.warning("%s; empty hypothesis, counted in num_empty_by_bad_audio", msg)
+        return np.zeros(0, dtype=np.float32), f"unreadable audio: {msg}"
+    if note:
+        log.info("cut %s: %s", cut.id, note)
+    return audio, note
 
 
 def _reference(cut: Any) -> tuple:
@@ -177,13 +198,7 @@ def decode_cuts(model: nn.Module, id_to_piece: Callable[[int], str], cuts: Any, 
     for batch in _batches(ordered, settings.max_duration, limit):
         audios, notes = [], []
         for cut in batch:
-            audio = load_mono_audio(cut)
-            try:
-                note = bad_audio_note(audio, min_samples)
-            except ValueError as e:
-                raise ValueError(f"cut {cut.id}: {e}") from e
-            if note:
-                log.info("cut %s: %s", cut.id, note)
+            audio, note = _load_or_note(cut, min_samples, settings.strict)
             audios.append(audio)
             notes.append(note)
         todo = [i for i, n in enumerate(notes) if not n]
@@ -238,8 +253,8 @@ def forced_alignment_times(model: nn.Module, tokenizer: Any, cuts: Any, device: 
         if not words:
             out[cut.id] = (None, "empty reference")
             continue
-        audio = load_mono_audio(cut)
-        if bad_audio_note(audio, min_samples):
+        audio, note = _load_or_note(cut, min_samples, strict=False)
+        if note:
             out[cut.id] = (None, "audio too short or silent to align")
             continue
         feats = compute_online_fbank(audio)[None].to(device)

@@ -5,7 +5,9 @@ Input: utterance records with the attributes of
 ``ref_starts_s``, ``ref_times_reason``, ``hyp`` (:class:`TimedWords`),
 ``tokens``, ``frames``, ``note``).
 
-Files (``<tag>`` = ``<test_set>-<setting>``):
+Files (``<tag>`` = ``<test_set>-<setting>-<model>``, or ``<test_set>-<setting>``
+when no model name is given; the model name keeps two models decoded into one
+directory from overwriting each other's files):
 ``recogs-<tag>.txt``, ``errs-<tag>.txt``, ``wer-summary-<tag>.txt`` (icefall
 format, see :mod:`.wer`) and ``timings-<tag>.jsonl`` (one JSON object per
 utterance, sorted by id: hypothesis words with emission and availability
@@ -16,14 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .latency import UtteranceTiming, first_token_latency, mean_symbol_delay
 from .wer import atomic_write_text, write_errs, write_recogs, write_wer_summary
 
-__all__ = ["score_and_write"]
+__all__ = ["file_tag", "score_and_write"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +35,16 @@ def _r(x: Any, nd: int = 3) -> Any:
     return None if x is None else round(float(x), nd)
 
 
+def file_tag(test_set: str, setting: str, model: Optional[str] = None) -> str:
+    """``<test_set>-<setting>[-<model>]``, with characters unsafe in file names in the model name as "_"."""
+    tag = f"{test_set}-{setting}"
+    if model:
+        tag += "-" + re.sub(r"[^A-Za-z0-9._+=-]", "_", model)
+    return tag
+
+
 def score_and_write(utts: Sequence[Any], out_dir: Union[str, Path], test_set: str,
-                    setting: str) -> Dict[str, Any]:
+                    setting: str, model: Optional[str] = None) -> Dict[str, Any]:
     """Write the files and return the metric fields of the row.
 
     Returned keys: wer, num_utts, num_ref_words, ins, del, sub,
@@ -43,7 +54,7 @@ def score_and_write(utts: Sequence[Any], out_dir: Union[str, Path], test_set: st
     num_empty_by_bad_audio, latency_reasons (list of str: why a latency is null).
     """
     out_dir = Path(out_dir)
-    tag = f"{test_set}-{setting}"
+    tag = file_tag(test_set, setting, model)
     pairs = {u.cut_id: (list(u.ref_words), list(u.hyp.words)) for u in utts}
     write_recogs(out_dir / f"recogs-{tag}.txt", pairs)
     total = write_errs(out_dir / f"errs-{tag}.txt", pairs)
