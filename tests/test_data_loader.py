@@ -276,7 +276,7 @@ def test_filter_short_cuts(corpus, caplog):
     with caplog.at_level(logging.INFO, logger="asr_kd.data.datamodule"):
         kept = filter_short_cuts(CutSet.from_cuts(cuts + [victim]), corpus["tok"])
     assert len(kept) == len(cuts) and "too-short" not in set(kept.ids)
-    assert "dropped 1 of 17" in caplog.text
+    assert "dropped 1 of 17" in caplog.text and "e.g. too-short" in caplog.text  # named
     # the fastest speed-perturbed copy must also be long enough
     n_frames = cuts[0].num_frames
     n_tok = len(corpus["tok"].encode([cuts[0].supervisions[0].text])[0])
@@ -289,3 +289,54 @@ def test_filter_short_cuts(corpus, caplog):
     # an exact encoder length function can be supplied
     kept = filter_short_cuts(CutSet.from_cuts(cuts), corpus["tok"], encoder_frames=lambda t: 0)
     assert len(kept) == 0
+
+
+def test_text_normaliser():
+    from asr_kd.data.text import normalize_text
+
+    assert normalize_text("hello, world!") == "HELLO WORLD"
+    assert normalize_text("'Tis the well-known Caf\u00e9\u2019s  end.") == "TIS THE WELL KNOWN CAFE'S END"
+    assert normalize_text("DON'T STOP") == "DON'T STOP"  # recipe transcripts are unchanged
+    assert normalize_text("... !") == ""
+    assert normalize_text("\u0436\u0443\u043a") == "\u0416\u0423\u041a"  # no ASCII base: kept, upper-cased
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_odd_transcripts_are_normalised_counted_or_refused(corpus, tmp_path, caplog):
+    from dataclasses import replace
+
+    from lhotse import CutSet
+
+    from asr_kd.data.tokenizer import train_bpe
+
+    cuts = list(corpus["feat_cuts"])[:3]
+    sup = cuts[0].supervisions[0]
+
+    def with_text(i, cid, text):
+        return replace(cuts[i], id=cid, supervisions=[replace(cuts[i].supervisions[0], text=text)])
+
+    tok = corpus["tok"]
+    lower = with_text(0, "lower", sup.text.lower() + ",")
+    assert tok.unk_id in tok.encode([lower.supervisions[0].text])[0]  # raw text: lower case is <unk>
+    odd = with_text(1, "odd", cuts[1].supervisions[0].text + " \u0436\u0436")
+    with caplog.at_level(logging.WARNING, logger="asr_kd.data.datamodule"):
+        kept = filter_short_cuts(CutSet.from_cuts([lower, odd, cuts[2]]), tok, encoder_frames=lambda t: 1000,
+                                 manifest="training manifest tr.jsonl.gz")
+    assert len(kept) == 3
+    assert "training manifest tr.jsonl.gz: 1 of 3 transcripts contain <unk>" in caplog.text
+    assert "odd:" in caplog.text and "lower:" not in caplog.text
+    allunk = with_text(1, "allunk", "\u0436\u0436\u0436 \u0436")
+    with pytest.raises(ValueError, match="cut 'allunk' in the validation manifest dev.jsonl.gz: .* is all <unk>"):
+        filter_short_cuts(CutSet.from_cuts([allunk]), tok, manifest="validation manifest dev.jsonl.gz")
+    punct = with_text(1, "punct", "... !")
+    with pytest.raises(ValueError, match="'punct' .*empty transcript after normalisation; fix or remove it "
+                                         "from the validation manifest dev.jsonl.gz"):
+        filter_short_cuts(CutSet.from_cuts([punct]), tok, manifest="validation manifest dev.jsonl.gz")
+    # BPE training sees the same normalised text: lower-case transcripts give the same model
+    upper_txt, lower_txt = tmp_path / "u.txt", tmp_path / "l.txt"
+    lines = [c.supervisions[0].text for c in corpus["feat_cuts"]]
+    upper_txt.write_text("\n".join(lines) + "\n")
+    lower_txt.write_text("\n".join(x.lower() + "." for x in lines) + "\n")
+    a = train_bpe(upper_txt, tmp_path / "a", vocab_size=20).read_bytes()
+    b = train_bpe(lower_txt, tmp_path / "b", vocab_size=20).read_bytes()
+    assert a == b

@@ -228,13 +228,18 @@ def _num_feature_frames(cut) -> int:
 
 def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
                       encoder_frames: Optional[Callable[[int], int]] = None,
-                      max_speed: float = 1.0):
+                      max_speed: float = 1.0, manifest: str = "training manifest"):
     """Drop cuts whose encoder frame count is smaller than their token count.
 
     A regular transducer can emit several symbols per frame, but the pruned
     loss (and icefall practice) needs ``T' >= U``; such utterances are almost
     always mislabelled. Empty transcripts raise ``ValueError`` naming the cut
     and recording (see :func:`asr_kd.data.dataset.check_transcript`).
+
+    Transcripts are normalised first (:func:`asr_kd.data.text.normalize_text`).
+    Targets that still hold ``<unk>`` are counted and reported with a few
+    examples (WARNING); a transcript that is nothing but ``<unk>`` raises
+    ``ValueError`` naming the cut and ``manifest``.
 
     Args:
       cuts: a CutSet (read eagerly: manifests are small enough here).
@@ -246,30 +251,43 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
         a cut is kept only if its fastest copy, ``1/max_speed`` as long, is
         still long enough.
     Returns:
-      the kept cuts as a CutSet; the number dropped is logged (WARNING if > 0).
+      manifest: how errors name the manifest (e.g. "--cuts-valid data/dev.jsonl.gz").
+    Returns:
+      the kept cuts as a CutSet; the number dropped and the first few ids are logged (WARNING if > 0).
     """
     from lhotse import CutSet
 
     if max_speed <= 0:
         raise ValueError(f"max_speed must be positive, got {max_speed}")
     enc = encoder_frames or (lambda t: default_encoder_frames(t, subsampling_factor))
-    kept, dropped = [], 0
+    kept, dropped, with_unk = [], [], []
+    unk = tokenizer.unk_id
     for cut in cuts:
-        text = check_transcript(cut)
-        num_tokens = len(tokenizer.encode([text])[0])
+        text = check_transcript(cut, manifest)
+        ids = tokenizer.encode([text])[0]
+        num_tokens = len(ids)
+        if unk in ids:
+            if all(i == unk or tokenizer.id_to_piece(i) == "\u2581" for i in ids):
+                raise ValueError(f"cut {cut.id!r} in the {manifest}: the transcript {text[:60]!r} is all <unk> "
+                                 f"for the BPE model {getattr(tokenizer, 'model_path', '')}; fix or remove it")
+            with_unk.append(f"{cut.id}: {text[:40]!r}")
         frames = _num_feature_frames(cut)
         if max_speed > 1.0:
             frames = FBANK_OPTS.num_frames(int(cut.duration / max_speed * FBANK_OPTS.sampling_rate))
         t_enc = int(enc(frames))
         if t_enc < num_tokens:
-            dropped += 1
+            dropped.append(cut.id)
             log.debug("dropping %s: %d encoder frames < %d tokens", cut.id, t_enc, num_tokens)
             continue
         kept.append(cut)
-    total = len(kept) + dropped
+    total = len(kept) + len(dropped)
     (log.warning if dropped else log.info)(
-        "filter_short_cuts: dropped %d of %d cuts (fewer encoder frames than tokens)", dropped, total
+        "filter_short_cuts: dropped %d of %d cuts (fewer encoder frames than tokens)%s", len(dropped), total,
+        f", e.g. {', '.join(dropped[:5])}" if dropped else "",
     )
+    if with_unk:
+        log.warning("%s: %d of %d transcripts contain <unk> (characters the BPE model does not know), e.g. %s",
+                    manifest, len(with_unk), total, "; ".join(with_unk[:3]))
     return CutSet.from_cuts(kept)
 
 

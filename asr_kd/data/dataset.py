@@ -28,13 +28,16 @@ from .features import FBANK_OPTS, FEATURE_PAD_VALUE, FbankOptions, lhotse_fbank_
 
 __all__ = ["AsrDataset", "cut_text", "cut_sources", "load_cut_features", "collate_features"]
 
+from .text import normalize_text
+
 log = logging.getLogger(__name__)
 
 
 def cut_text(cut) -> str:
-    """Transcript of a cut: its supervision texts joined by one space, stripped."""
+    """Transcript of a cut: its supervision texts joined by one space, normalised
+    (:func:`asr_kd.data.text.normalize_text`, as for BPE training and scoring)."""
     parts = [(s.text or "").strip() for s in cut.supervisions]
-    return " ".join(p for p in parts if p)
+    return normalize_text(" ".join(p for p in parts if p))
 
 
 def cut_sources(cut) -> str:
@@ -66,8 +69,8 @@ def _first_recording_path(cut) -> str:
     return cut_sources(cut)
 
 
-def check_transcript(cut) -> str:
-    """The cut's transcript; ``ValueError`` naming the cut and its audio if empty.
+def check_transcript(cut, manifest: str = "training manifest") -> str:
+    """The cut's normalised transcript; ``ValueError`` naming the cut, its audio and ``manifest`` if empty.
 
     Training manifests must not contain empty transcripts: a transducer can
     learn "all blank" from them, but in practice they are data-preparation
@@ -77,8 +80,9 @@ def check_transcript(cut) -> str:
     text = cut_text(cut)
     if not text:
         raise ValueError(
-            f"cut {cut.id!r} (recording {_first_recording_path(cut)}) has an empty transcript; "
-            "fix or remove it from the training manifest"
+            f"cut {cut.id!r} (recording {_first_recording_path(cut)}) has an empty transcript"
+            f"{' after normalisation' if any((x.text or '').strip() for x in cut.supervisions) else ''}; "
+            f"fix or remove it from the {manifest}"
         )
     return text
 

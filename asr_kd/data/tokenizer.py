@@ -50,7 +50,9 @@ def file_sha256(path: Union[str, Path]) -> str:
 def _read_transcripts(path: Path) -> List[str]:
     if not path.is_file():
         raise FileNotFoundError(f"transcript file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    from asr_kd.data.text import normalize_text
+
+    lines = [normalize_text(ln) for ln in path.read_text(encoding="utf-8").splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise ValueError(f"transcript file {path} has no non-empty line")
@@ -65,7 +67,9 @@ def train_bpe(transcript_file: Union[str, Path], out_dir: Union[str, Path], voca
     """Train a unigram SentencePiece model; return the path of ``out_dir/bpe.model``.
 
     Args:
-      transcript_file: UTF-8 text, one transcript per line (empty lines ignored).
+      transcript_file: UTF-8 text, one transcript per line; each line is normalised
+        (:func:`asr_kd.data.text.normalize_text`, as training targets and WER
+        references are), lines left empty are ignored.
       out_dir: created if needed; receives ``bpe.model``, ``bpe.vocab`` (piece,
         score per line) and ``bpe.json`` (what the model was trained from).
       vocab_size: total number of pieces including ``<blk>`` and ``<unk>``.

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asr_kd.data.text import normalize_text
 from asr_kd.data.features import FBANK_OPTS, FEATURE_PAD_VALUE, compute_online_fbank
 from asr_kd.metrics.latency import TimedWords, reference_word_times, tokens_to_words
 from asr_kd.metrics.results import RtfMeter
@@ -146,7 +147,7 @@ def _load_or_note(cut: Any, min_samples: int, strict: bool) -> tuple[np.ndarray,
 
 def _reference(cut: Any) -> tuple:
     sups = list(cut.supervisions)
-    words = " ".join((s.text or "").strip() for s in sups).split()
+    words = normalize_text(" ".join((s.text or "").strip() for s in sups)).split()
     if len(sups) != 1:
         if not sups:
             return words, None, "cut has no supervision"

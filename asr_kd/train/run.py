@@ -252,7 +252,8 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
 
         max_speed = max(data_cfg.speed_factors) if args.speed_perturb else 1.0
         train_cuts = filter_short_cuts(_load_cuts(args.cuts_train, "--cuts-train"), tokenizer,
-                                       encoder_frames=encoder_frames, max_speed=max_speed)
+                                       encoder_frames=encoder_frames, max_speed=max_speed,
+                                       manifest=f"training manifest --cuts-train {args.cuts_train}")
         if len(train_cuts) == 0:
             raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
         if ckpt is None and cont is None and not args.init_from:
@@ -264,7 +265,8 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
         valid_dl = None
         if args.cuts_valid:
             valid_cuts = filter_short_cuts(_load_cuts(args.cuts_valid, "--cuts-valid"), tokenizer,
-                                           encoder_frames=encoder_frames)
+                                           encoder_frames=encoder_frames,
+                                           manifest=f"validation manifest --cuts-valid {args.cuts_valid}")
             valid_dl = dm.valid_dataloader(valid_cuts)
 
         tb = TensorBoardLogger(exp_dir / "tensorboard", enabled=dist.is_main and args.tensorboard)
