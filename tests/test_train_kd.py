@@ -293,3 +293,15 @@ def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, ca
     step1 = {n: int(c1["optimizer"]["state"][i]["step"]) for i, n in enumerate(c1["param_names"])}
     step2 = {n: int(c2["optimizer"]["state"][i]["step"]) for i, n in enumerate(c2["param_names"])}
     assert all(step2[n] > step1[n] for n in step2)  # Adam moments continued, not restarted
+    # a causal checkpoint given as teacher is accepted with a warning; a damaged one is refused in one line
+    from asr_kd.train.checkpoint import CheckpointError
+    from asr_kd.train.kd import load_teacher
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_teacher(str(s1 / "epoch-1.pt"), torch.device("cpu"))
+    assert f"--teacher-checkpoint {s1 / 'epoch-1.pt'} is a chunk-wise (causal) model" in caplog.text
+    bad = tmp_path / "teacher-bad.pt"
+    bad.write_bytes((s1 / "epoch-1.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad}: cannot be read: truncated"):
+        train_main(_argv(corpus, tmp_path / "s3", bad, "--kd-stage", "output"))

@@ -121,12 +121,18 @@ def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, st
 
 
 def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """Frozen teacher from an asr_kd checkpoint: eval mode, requires_grad False, on ``device``."""
+    """Frozen teacher from an asr_kd checkpoint: eval mode, requires_grad False, on ``device``.
+
+    A causal (chunk-wise) teacher is accepted with a warning naming the file.
+    """
     from asr_kd.train.checkpoint import load_checkpoint, load_model
 
     ckpt = load_checkpoint(path)
     teacher = load_model(path, device)
     freeze(teacher)
+    if teacher.encoder.cfg.causal:
+        log.warning("--teacher-checkpoint %s is a chunk-wise (causal) model: the method expects a full-context "
+                    "teacher (trained with --causal false); its targets carry no future context", path)
     return teacher, {k: ckpt.get(k) for k in ("bpe_model", "bpe_sha256", "feature_config", "model_config")}
 
 
