@@ -158,6 +158,39 @@ def test_plan_splits():
     assert V.allocate(10, [3, 1, 1]) == [6, 2, 2] and sum(V.allocate(7, [1, 1, 1])) == 7
 
 
+def test_plan_train_reads_distinct_speakers():
+    """train_reads=2: each training sentence read by two different speakers, still
+    disjoint from the other splits."""
+    sizes = {"train": 8, "dev": 2, "test_seen": 2, "test_heldout": 2}
+    voices = [V.VoiceSpec(v.engine, v.voice, 1.0, v.grid) for v in micro_voices()]  # 4 + 4 train slots
+    plan = V.make_plan(SENTENCES, sizes, seed=5, voices=voices, held_out=("flite-kal16",), train_reads=2)
+    train = [u for u in plan.utts if u.split == "train"]
+    assert len(train) == 8
+    readers = {}
+    for u in train:
+        readers.setdefault(u.transcript, []).append(u.speaker.id)
+    assert len(readers) == 4 and all(len(r) == 2 and r[0] != r[1] for r in readers.values())
+    others = {u.transcript for u in plan.utts if u.split != "train"}
+    assert not others & set(readers)
+    with pytest.raises(ValueError, match="train_reads"):
+        V.make_plan(SENTENCES, sizes, seed=5, voices=voices, held_out=("flite-kal16",), train_reads=0)
+    with pytest.raises(ValueError, match="distinct sentences"):  # 6 of 8 slots on one speaker
+        V.make_plan(SENTENCES, sizes, seed=5, voices=micro_voices(), held_out=("flite-kal16",), train_reads=2)
+
+
+def test_closed_vocabulary_restriction():
+    import closed_vocab as C
+
+    kept, vocab = C.restrict_pool(SENTENCES, size=50, min_words=4, max_words=8)
+    assert len(vocab) == 50 and vocab[0] == "THE"  # most frequent first
+    allowed = set(vocab)
+    assert len(kept) == 2 and all(set(s.transcript.split()) <= allowed and 4 <= s.num_words <= 8 for s in kept)
+    left_out = [s for s in SENTENCES if s not in kept and 4 <= s.num_words <= 8]
+    assert all(not set(s.transcript.split()) <= allowed for s in left_out)
+    with pytest.raises(ValueError, match="min_words"):
+        C.restrict_pool(SENTENCES, size=12, min_words=5, max_words=4)
+
+
 def test_default_inventory():
     voices = V.default_voices()
     ids = [s.id for v in voices for s in v.speakers()]

@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from closed_vocab import restrict_pool  # noqa: E402
 from synth_degrade import TARGET_SR, DegradeConfig, degrade, run_sox, speech_bounds, utt_rng  # noqa: E402
 from synth_engines import synthesize_many  # noqa: E402
 from synth_text import Sentence, build_pool  # noqa: E402
@@ -303,14 +304,28 @@ def build_corpus(out_dir: Path, sizes: Dict[str, int], seed: int = 42, num_jobs:
                  num_babble: int = 40, cfg: DegradeConfig = DegradeConfig(),
                  voices: Optional[Sequence[VoiceSpec]] = None, held_out: Sequence[str] = DEFAULT_HELD_OUT,
                  text_weights: Optional[Dict[str, float]] = None, pool: Optional[Sequence[Sentence]] = None,
-                 progress: bool = True) -> Dict:
-    """Library form of the CLI; returns the summary (also written to ``summary.json``)."""
+                 progress: bool = True, vocab_size: int = 0, min_words: int = 4, max_words: int = 14,
+                 train_reads: int = 1) -> Dict:
+    """Library form of the CLI; returns the summary (also written to ``summary.json``).
+
+    ``vocab_size > 0`` restricts every split to sentences of ``min_words..max_words``
+    words inside the pool's ``vocab_size`` most frequent words (``closed_vocab``;
+    the list is written to ``text/vocab.txt``); 0 keeps the open-vocabulary pool.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if pool is None:
         pool = load_or_build_pool(out_dir / "text")
+    vocab_info: Dict = {"vocab_size": 0}
+    if vocab_size > 0:
+        pool, vocab = restrict_pool(pool, vocab_size, min_words, max_words)
+        atomic_write_bytes(out_dir / "text" / "vocab.txt", ("\n".join(vocab) + "\n").encode())
+        vocab_info = {"vocab_size": len(vocab), "min_words": min_words, "max_words": max_words,
+                      "sentences_in_vocab": len(pool)}
+        log.info("closed vocabulary: %d words, %d sentences of %d..%d words", len(vocab), len(pool),
+                 min_words, max_words)
     plan = make_plan(pool, sizes, seed, voices=voices, held_out=held_out, text_weights=text_weights,
-                     num_babble=num_babble)
+                     num_babble=num_babble, train_reads=train_reads)
     write_plan(out_dir / "plan.jsonl", plan)
     bank_path = None
     if plan.babble:
@@ -322,7 +337,7 @@ def build_corpus(out_dir: Path, sizes: Dict[str, int], seed: int = 42, num_jobs:
     summary = summarize(out_dir, plan)
     summary["_build"] = {"seed": seed, "num_jobs": num_jobs, "seconds_last_run": round(elapsed, 1),
                          "failed": len(failures), "degradation": cfg.to_dict(),
-                         "held_out_voices": list(held_out)}
+                         "held_out_voices": list(held_out), "text": dict(vocab_info, train_reads=train_reads)}
     atomic_write_bytes(out_dir / "failed.txt", "".join(f"{k}\t{v}\n" for k, v in sorted(failures.items())).encode())
     atomic_write_json(out_dir / "summary.json", summary)
     if failures:
@@ -354,6 +369,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", default="5,30", help="additive-noise SNR range in dB: MIN,MAX")
     p.add_argument("--held-out", default=",".join(DEFAULT_HELD_OUT),
                    help="voices kept out of training (test_heldout)")
+    p.add_argument("--vocab-size", type=int, default=0,
+                   help="closed vocabulary: keep only sentences whose words are all among the pool's "
+                        "N most frequent (0 = open vocabulary; default 0)")
+    p.add_argument("--min-words", type=int, default=4, help="closed vocabulary: fewest words per sentence (default 4)")
+    p.add_argument("--max-words", type=int, default=14, help="closed vocabulary: most words per sentence (default 14)")
+    p.add_argument("--train-reads", type=int, default=1,
+                   help="speakers reading each training sentence (default 1)")
     return p
 
 
@@ -365,7 +387,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     summary = build_corpus(args.out_dir, sizes, seed=args.seed, num_jobs=args.num_jobs,
                            num_babble=args.num_babble, cfg=DegradeConfig(snr_min=lo, snr_max=hi),
                            held_out=tuple(filter(None, args.held_out.split(","))),
-                           text_weights=parse_weights(args.text_weights))
+                           text_weights=parse_weights(args.text_weights), vocab_size=args.vocab_size,
+                           min_words=args.min_words, max_words=args.max_words, train_reads=args.train_reads)
     for split, s in summary.items():
         if not split.startswith("_"):
             log.info("%-13s %5d utts %6.2f h %3d speakers, voices: %s", split, s["utterances"], s["hours"],

@@ -209,10 +209,23 @@ class Plan:
     babble: List[UttSpec] = field(default_factory=list)
 
 
+def _check_distinct_readers(slots: List[Speaker], num_distinct: int) -> None:
+    """Copies of a sentence sit ``num_distinct`` slots apart and the slots are grouped
+    by speaker, so the copies have distinct speakers iff no speaker has more slots."""
+    counts: Dict[str, int] = {}
+    for spk in slots:
+        counts[spk.id] = counts.get(spk.id, 0) + 1
+    worst = max(counts, key=counts.get)
+    if counts[worst] > num_distinct:
+        raise ValueError(f"train_reads: speaker {worst} has {counts[worst]} utterances but there are only "
+                         f"{num_distinct} distinct sentences: lower train_reads or add speakers")
+
+
 def make_plan(pool: Sequence, sizes: Dict[str, int], seed: int,
               voices: Optional[Sequence[VoiceSpec]] = None,
               held_out: Sequence[str] = DEFAULT_HELD_OUT,
-              text_weights: Optional[Dict[str, float]] = None, num_babble: int = 0) -> Plan:
+              text_weights: Optional[Dict[str, float]] = None, num_babble: int = 0,
+              train_reads: int = 1) -> Plan:
     """Draw sentences for every split and give them to speakers.
 
     Args:
@@ -223,10 +236,16 @@ def make_plan(pool: Sequence, sizes: Dict[str, int], seed: int,
         too few sentences left gives its share to the others.
       num_babble: extra sentences, spoken by train speakers, kept out of every
         split and used only to make babble noise.
+      train_reads: each training sentence is read by this many different
+        speakers (``ceil(n / train_reads)`` sentences for ``n`` utterances):
+        more audio per distinct sentence when the text pool is small (a
+        closed vocabulary), with the voices still varying.
 
     Sentences are drawn without replacement (so no sentence is in two splits),
     per source in a seeded random order.
     """
+    if train_reads < 1:
+        raise ValueError(f"train_reads must be >= 1, got {train_reads}")
     voices = list(default_voices() if voices is None else voices)
     bad = set(sizes) - set(SPLITS)
     if bad:
@@ -241,7 +260,8 @@ def make_plan(pool: Sequence, sizes: Dict[str, int], seed: int,
         items = by_source[src]
         queues[src] = [items[i] for i in rng.permutation(len(items))]
     tw = text_weights or {s: 1.0 for s in sources}
-    need = sum(sizes.values()) + num_babble
+    need = sum(-(-int(n) // train_reads) if split == "train" else int(n)
+               for split, n in sizes.items()) + num_babble
     if need > len(pool):
         raise ValueError(f"the plan needs {need} sentences but the pool has only {len(pool)}")
 
@@ -271,7 +291,10 @@ def make_plan(pool: Sequence, sizes: Dict[str, int], seed: int,
             continue
         if not pairs:
             raise ValueError(f"split {split!r} wants {n} utterances but has no speakers")
-        sents = draw(n)
+        reads = train_reads if split == "train" else 1
+        distinct = draw(-(-n // reads))
+        # every read of the sentences in one order: the copies of a sentence are len(distinct) apart
+        sents = (distinct * reads)[:n]
         # voice quotas by weight, then equal speaker quotas within each voice
         voice_ids = sorted({v.voice_id for v, _ in pairs})
         vweight = {v.voice_id: v.weight for v, _ in pairs}
@@ -282,6 +305,8 @@ def make_plan(pool: Sequence, sizes: Dict[str, int], seed: int,
             spks = [spks[i] for i in rng.permutation(len(spks))]
             for s, q in zip(spks, allocate(vquota[vid], [1.0] * len(spks))):
                 slots.extend([s] * q)
+        if reads > 1:
+            _check_distinct_readers(slots, len(distinct))
         for k, (spk, sent) in enumerate(zip(slots, sents)):
             plan.utts.append(UttSpec(f"{spk.id}-{k:05d}", split, spk, sent.source, sent.spoken,
                                      sent.transcript))
