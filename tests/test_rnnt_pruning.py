@@ -1,4 +1,8 @@
-"""get_rnnt_prune_ranges and do_rnnt_pruning: the contract in DESIGN.md."""
+"""get_rnnt_prune_ranges and do_rnnt_pruning: the ranges contract (k2's, stated in docs/losses.md).
+
+``ranges[b, :, 0]`` starts at 0, never decreases and steps by less than R; the
+R positions of a frame are consecutive; the range of frame T_b - 1 contains S_b.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ def _occupancies(batch, num_t, num_s, vocab, seed, s_ends, t_ends, sharp=1.0):
 
 
 def assert_ranges_contract(ranges, boundary, num_s):
-    """DESIGN.md: start 0, non-decreasing, steps < R, last valid frame covers S_b."""
+    """Start 0, non-decreasing, steps < R, last valid frame covers S_b."""
     num_b, num_t, num_r = ranges.shape
     assert ranges.dtype == torch.int64
     assert torch.equal(ranges, ranges[..., :1] + torch.arange(num_r))

@@ -1,4 +1,4 @@
-"""Every invalid input named in issue 2 raises a ValueError naming the problem."""
+"""Every invalid input listed in docs/losses.md ("Conventions") raises a ValueError naming the problem."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks of the distillation code (numbers for the README, not tests).
+"""Benchmarks of the distillation code (numbers for docs/method.md, not tests).
 
 Parts (``--part``, repeatable; default: all that are available):
 

@@ -1,4 +1,4 @@
-"""Emission and availability times of tokens (DESIGN.md, "Metrics").
+"""Emission and availability times of tokens (definitions in docs/decoding.md, "Timestamps").
 
 Units: feature frames are ``hop = 10 ms`` (160 samples at 16 kHz) with a
 ``win = 25 ms`` (400 samples) window; encoder frames are ``4`` feature frames

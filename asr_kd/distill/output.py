@@ -15,6 +15,10 @@ use ``ranges[b, t, :] = 0..S``). A node is *valid* when ``t < T_b`` and
     w_node  = occupancy[b, t, r] (detached) if given, else 1
 
 ``reduction="sum"`` returns ``sum_b loss_b``; ``"none"`` returns (B,).
+Training divides the sum by the number of encoder frames in the batch, like
+the transducer losses (the loss-normalisation rule: transducer and output-KD
+terms are batch sums / encoder frames, the hidden MSE a mean over frames and
+dims), so lambda_o weighs a nat of KL per frame like a nat of transducer loss.
 
 ``distribution="collapsed"`` (Panchapagesan et al., 2021) replaces both
 distributions at every node by a 3-way one before the KL::

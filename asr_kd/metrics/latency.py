@@ -1,4 +1,4 @@
-"""Word timing and latency metrics (DESIGN.md, "Metrics").
+"""Word timing and latency metrics (definitions in docs/decoding.md, "Metrics").
 
 Times are seconds from the start of the decoded audio (the cut start).
 

@@ -9,7 +9,7 @@ fields (:data:`REQUIRED_FIELDS`; a latency that cannot be computed is
     mean_availability_delay_ms, rtf, num_threads
 
 Extra fields written by ``asr_kd.bin.decode`` are listed in
-``/work/notes/readme_decode.md`` (chunk size in feature frames, beam,
+docs/decoding.md, "results.json" (chunk size in feature frames, beam,
 left context, shares behind the first-token latency, where the reference
 times came from ...). Updating a row with the same key replaces it; the file
 is rewritten atomically under an advisory lock, so several decode jobs may

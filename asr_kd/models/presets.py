@@ -15,8 +15,11 @@ For dynamic chunk training set e.g. ``chunk_sizes=(16, 8, 32)``,
 ``left_contexts=(64, 32, -1)``, ``dynamic_chunk=True`` (first entries are the
 evaluation default).
 
-Parameter counts (vocabulary 500, see readme_models.md for the table):
-tiny 0.28 M, small 3.67 M, full 20.3 M (encoders: 0.14 M, 3.11 M, 19.0 M).
+Parameter counts depend on the vocabulary size V (table and command in
+docs/models.md). Encoders: tiny 0.14 M, small 3.11 M, full 19.0 M. Totals at
+the V of the recipe presets: tiny 0.16 M (V = 60, micro), 0.17 M (V = 100,
+tiny), small 3.45 M (V = 256), full 20.3 M (V = 500); at V = 500 tiny has
+0.28 M and small 3.67 M.
 """
 
 from __future__ import annotations

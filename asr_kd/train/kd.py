@@ -9,6 +9,10 @@ a(step) / c(step) their warm-up weights (``asr_kd.train.losses``)::
 
     loss = (a L_s + c L_p) / N  +  lambda_h * L_h  +  lambda_o * L_o / N
 
+(the loss-normalisation rule: transducer and output-KD terms are batch sums
+divided by the batch's encoder frames N; the hidden MSE is a mean over frames
+and dims)
+
     L_h = 1/P * sum_{pairs (i, j)} MSE(W_i h^S_i, h^T_j)          stages hidden, joint
     L_o = sum_b sum_{valid nodes of b} w_node KL(q_node || p_node)  stages output, joint
 

@@ -3,10 +3,10 @@
 ``add_kd_arguments(parser)`` adds the ``--kd-*`` / ``--teacher-*`` flags;
 ``kd_config_from_args(args)`` turns them into a validated :class:`KDConfig`.
 The method and the reasons for every default are in ``asr_kd.train.kd`` and
-the README's Method section; this module only parses and validates.
+docs/method.md; this module only parses and validates.
 
 Defaults (measured on the synthetic tiny corpus with its 3-epoch teacher,
-see readme_method.md "Training integration"):
+see docs/method.md, "Training integration"):
 
 * ``--kd-hidden-scale`` 1.0: at the start of stage 1 (random student) the
   MSE is ~2.1 against a transducer loss of ~8.2 nats/frame, and both fall

@@ -11,9 +11,12 @@ transducers or distillation; it calls a *loss computer*::
   feature_lens (B,), texts, cut_ids, cuts[, clean_features]); tensors may
   still be on the CPU -- the loss computer moves what it uses.
 * ``step``: global training batch index (0-based), for warm-ups.
-* ``loss``: 0-dim tensor to back-propagate, already normalised by DESIGN.md's
-  one rule: sums over the batch divided by ``info["frames"]``, the number of
-  encoder frames of this batch (the hidden MSE is a mean).
+* ``loss``: 0-dim tensor to back-propagate, already normalised by the one
+  loss-normalisation rule: transducer (and CTC, output-KD) terms are sums over
+  the batch divided by ``info["frames"]``, the number of encoder frames of
+  this batch, so every term is per encoder frame and its weight does not
+  depend on batch size or utterance length; the hidden-layer MSE is a mean
+  over frames and dimensions.
 * ``info``: python floats for logging.  ``info["frames"]`` is required (the
   normaliser, > 0).  Every other entry is a per-frame average of this batch;
   trackers weight entries by ``frames`` when aggregating over batches and
