@@ -227,6 +227,8 @@ def _check_train_stats(parent: Path, stage1_dir: Path, alpha_min: float) -> None
     assert not (old / STATS_FILE).exists()
     fallback = load_run_stats(old)
     assert fallback["epochs"]["1"]["train"]["kd_alpha_mean"] == train["kd_alpha_mean"]
+    assert [r.model for r in summarize_kd_runs(parent / "old")] == ["stage2"]
+    assert load_run_stats(old, stages=("joint",)) is None  # another stage: skipped after one peek
 
 
 @pytest.mark.parametrize("stage", ["hidden", "output"])

@@ -123,8 +123,11 @@ def update_train_stats(exp_dir: PathLike, epoch: int, train: Mapping[str, Any],
     return atomic_write_text(exp_dir / STATS_FILE, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
-def _stats_from_checkpoints(exp_dir: Path) -> Optional[Dict[str, Any]]:
-    """train_stats-shaped dict from the ``train_metrics`` of ``epoch-<e>.pt`` (older runs), or None."""
+def _stats_from_checkpoints(exp_dir: Path, stages: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
+    """train_stats-shaped dict from the ``train_metrics`` of ``epoch-<e>.pt`` (older runs), or None.
+
+    ``stages``: stop after the first readable checkpoint (None) unless its ``--kd-stage`` is one of these.
+    """
     files = [p for p in exp_dir.glob("epoch-*.pt") if re.fullmatch(r"epoch-\d+\.pt", p.name)]
     if not files:
         return None
@@ -137,17 +140,23 @@ def _stats_from_checkpoints(exp_dir: Path) -> Optional[Dict[str, Any]]:
             continue
         data["run_id"] = ck.get("run_id")
         data["args"] = {k: v for k, v in (ck.get("args") or {}).items() if k.startswith("kd_") or k in _ARG_KEYS}
+        if stages is not None and data["args"].get("kd_stage") not in stages:
+            return None  # not a run of interest: the other checkpoints are not opened
         data["epochs"][str(int(ck["epoch"]))] = {"train": _clean(ck["train_metrics"]),
                                                  "valid": {"loss": _finite(ck.get("valid_loss"))}}
     return data if data["epochs"] else None
 
 
-def load_run_stats(exp_dir: PathLike, checkpoint_fallback: bool = True) -> Optional[Dict[str, Any]]:
-    """``train_stats.json`` of a run, else (``checkpoint_fallback``) its epoch checkpoints' train_metrics."""
+def load_run_stats(exp_dir: PathLike, checkpoint_fallback: bool = True,
+                   stages: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
+    """``train_stats.json`` of a run, else (``checkpoint_fallback``) its epoch checkpoints' train_metrics.
+
+    ``stages``: for the fallback only, skip runs whose ``--kd-stage`` is not among these (after one peek).
+    """
     exp_dir = Path(exp_dir)
     data = read_train_stats(exp_dir)
     if data is None and checkpoint_fallback:
-        data = _stats_from_checkpoints(exp_dir)
+        data = _stats_from_checkpoints(exp_dir, stages)
     return data
 
 
@@ -211,7 +220,7 @@ def summarize_kd_runs(exp_dir: PathLike, models: Optional[Sequence[str]] = None,
 
     out: List[KDRunSummary] = []
     for name in sorted(names, key=rank):
-        data = load_run_stats(exp_dir / name, checkpoint_fallback)
+        data = load_run_stats(exp_dir / name, checkpoint_fallback, stages=_OUTPUT_STAGES)
         if data is None or not data["epochs"] or not _is_output_kd(data):
             continue
         epochs = sorted(data["epochs"], key=int)
