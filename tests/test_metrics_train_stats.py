@@ -79,7 +79,8 @@ def test_results_cli_section_and_side_json(tmp_path) -> None:
     from asr_kd.bin.results import main
 
     exp = tmp_path / "exp"
-    _write_run(exp / "stage2", "output", {1: _kd(1.5, 0.2, 0.6, 0.5, 0.0, 0.9), 2: _kd(1.2, 0.1, 0.55, 0.45, 0.02, 0.93)})
+    _write_run(exp / "stage2", "output", {1: _kd(1.5, 0.2, 0.6, 0.5, 0.0, 0.9),
+                                          2: _kd(1.2, 0.1, 0.55, 0.45, 0.02, 0.93)})
     _write_run(exp / "temperature", "output", {1: _kd(0.9, 0.2, 1.4, 0.5, 0.0, 0.9)}, smoothing="temperature")
     argv = ["--results-json", str(_results(tmp_path)), "--test-sets", "test", "--out-md", str(exp / "RESULTS.md"),
             "--out-png", str(exp / "p.png"), "--exp-dir", str(exp)]
