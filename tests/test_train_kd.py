@@ -195,6 +195,40 @@ def test_stage1_then_stage2_cli(corpus, teacher, stage1_run, tmp_path, caplog) -
                      "--kd-smoothing", "adaptive-power", "--kd-target-entropy", "1.0"))
     assert (exp2 / "pretrained.pt").is_file()
     assert "kd_output_loss" in caplog.text and "kd_coverage" in caplog.text
+    from asr_kd.distill import DEFAULT_ALPHA_MIN
+
+    _check_train_stats(tmp_path, stage1_run, alpha_min=DEFAULT_ALPHA_MIN)
+
+
+def _check_train_stats(parent: Path, stage1_dir: Path, alpha_min: float) -> None:
+    """parent/stage2/train_stats.json: finite KD statistics in range; the section finds stage 2 only."""
+    import math
+    import shutil
+
+    from asr_kd.metrics.train_stats import KD_KEYS, STATS_FILE, load_run_stats, read_train_stats, summarize_kd_runs
+
+    data = read_train_stats(parent / "stage2")
+    assert data is not None and data["args"]["kd_stage"] == "output" and list(data["epochs"]) == ["1"]
+    train = data["epochs"]["1"]["train"]
+    assert all(train[k] is not None and math.isfinite(train[k]) for k in KD_KEYS), train
+    assert train["kd_output_loss"] >= 0 and train["kd_teacher_entropy"] >= 0
+    assert train["kd_teacher_entropy_smoothed"] >= train["kd_teacher_entropy"] - 1e-6  # powers <= 1 flatten
+    assert alpha_min - 1e-6 <= train["kd_alpha_mean"] <= 1 + 1e-6
+    for k in ("kd_alpha_min_share", "kd_smoothed_share", "kd_coverage"):
+        assert -1e-6 <= train[k] <= 1 + 1e-6, (k, train[k])
+    assert data["epochs"]["1"]["valid"]["loss"] is not None and data["epochs"]["1"]["frames"] > 0
+    assert read_train_stats(stage1_dir)["args"]["kd_stage"] == "hidden"  # every run writes it
+    (s,) = summarize_kd_runs(parent)
+    assert s.model == "stage2" and s.last["kd_coverage"] == train["kd_coverage"]
+    # an older run without the file: the same numbers from its epoch checkpoint's train_metrics
+    old = parent / "old" / "stage2"
+    old.mkdir(parents=True)
+    shutil.copy(parent / "stage2" / "epoch-1.pt", old / "epoch-1.pt")
+    assert not (old / STATS_FILE).exists()
+    fallback = load_run_stats(old)
+    assert fallback["epochs"]["1"]["train"]["kd_alpha_mean"] == train["kd_alpha_mean"]
+    assert [r.model for r in summarize_kd_runs(parent / "old")] == ["stage2"]
+    assert load_run_stats(old, stages=("joint",)) is None  # another stage: skipped after one peek
 
 
 @pytest.mark.parametrize("stage", ["hidden", "output"])
@@ -290,6 +324,11 @@ def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, ca
     assert all(n.startswith(("model.", "ctc_head.")) for n in c2["param_names"])
     assert n_params <= n_model + n_ctc
     assert "kd_output_loss" in text
+    from asr_kd.metrics.train_stats import read_train_stats
+
+    stats2 = read_train_stats(s2)  # global epoch numbers: stage 2 trained epoch 2
+    assert list(stats2["epochs"]) == ["2"] and stats2["run_id"] == c2["run_id"]
+    assert stats2["epochs"]["2"]["batch_idx_train"] == 2 * per_epoch
     step1 = {n: int(c1["optimizer"]["state"][i]["step"]) for i, n in enumerate(c1["param_names"])}
     step2 = {n: int(c2["optimizer"]["state"][i]["step"]) for i, n in enumerate(c2["param_names"])}
     assert all(step2[n] > step1[n] for n in step2)  # Adam moments continued, not restarted

@@ -62,6 +62,12 @@ def _assert_same_state(a: Path, b: Path) -> None:
     assert ca["scheduler"] == cb["scheduler"]
     # the epoch's train loss covers the whole epoch, also after a resume inside it
     assert ca.get("train_metrics") == cb.get("train_metrics")
+    from asr_kd.metrics.train_stats import read_train_stats
+
+    sa, sb = read_train_stats(a.parent), read_train_stats(b.parent)
+    e = str(ca["epoch"])
+    if ca.get("epoch_done") and sa and sb and e in sa["epochs"] and e in sb["epochs"]:
+        assert sa["epochs"][e] == sb["epochs"][e]  # train_stats.json: the same epoch means after a resume
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +102,13 @@ def test_checkpoint_contents_and_outputs(reference_run) -> None:
     model = load_model(exp / "pretrained.pt")
     assert not model.training and model.config.encoder.causal
     assert list((exp / "tensorboard").glob("events.out.tfevents.*"))
+    from asr_kd.metrics.train_stats import read_train_stats
+
+    stats = read_train_stats(exp)  # per-epoch means next to the checkpoints (asr_kd.metrics.train_stats)
+    assert list(stats["epochs"]) == ["1", "2"] and stats["run_id"] == ep["run_id"]
+    assert stats["epochs"]["2"]["train"] == pytest.approx(ep["train_metrics"])
+    assert stats["epochs"]["2"]["valid"]["loss"] == pytest.approx(ep["valid_loss"])
+    assert stats["epochs"]["2"]["batch_idx_train"] == 9 and stats["args"].get("kd_stage") is None
     log_text = (exp / "log" / "train-rank0.log").read_text()
     assert "filter_short_cuts: dropped 0 of 12 cuts" in log_text
 
@@ -195,7 +208,7 @@ def test_overwrite_moves_the_old_run_aside_and_cleans_stale_tmp(corpus, referenc
 
     exp = tmp_path / "exp"
     exp.mkdir()
-    for name in ("checkpoint-9.pt", "epoch-2.pt"):
+    for name in ("checkpoint-9.pt", "epoch-2.pt", "train_stats.json"):
         shutil.copy(reference_run / name, exp / name)
     old = {name: _sha(exp / name) for name in ("checkpoint-9.pt", "epoch-2.pt")}
     stale = exp / ".epoch-3.pt.tmp.999999999"  # no such process: left by a killed writer
@@ -210,6 +223,10 @@ def test_overwrite_moves_the_old_run_aside_and_cleans_stale_tmp(corpus, referenc
     old_id = load_checkpoint(reference_run / "epoch-2.pt")["run_id"]
     assert moved[0].name.endswith(old_id)
     assert {n: _sha(moved[0] / n) for n in old} == old  # nothing lost
+    assert (moved[0] / "train_stats.json").is_file()  # the old run's epoch means went with it
+    from asr_kd.metrics.train_stats import read_train_stats
+
+    assert list(read_train_stats(exp)["epochs"]) == ["1"]  # the new run's own file
     assert sorted(p.name for p in exp.glob("*.pt")) == ["epoch-1.pt"]
     assert load_checkpoint(exp / "epoch-1.pt")["run_id"] not in (None, old_id)
     assert not stale.exists() and live.exists()

@@ -11,6 +11,18 @@ Example (stage 9 of egs/synth/ASR/run.sh)::
 ``--bootstrap A:B`` adds, for every test set, the paired-bootstrap 95%
 interval of WER(A) - WER(B) from ``<exp-dir>/<model>/decode/recogs-<set>-<setting>*-<model>.txt``
 (decoded with the same setting by stage 8).
+
+With ``--exp-dir``, every run directory ``<exp-dir>/<model>`` trained with
+output KD (``--kd-stage output`` or ``joint``) gets a row in the section
+"Stage-2 smoothing statistics": KD loss per frame, teacher entropy before and
+after smoothing, target entropy, mean alpha, share at alpha_min and coverage,
+first -> last epoch, from ``<model>/train_stats.json`` (or, for older runs, the
+``train_metrics`` of its epoch checkpoints), plus a sentence per model saying
+whether smoothing changed the teacher's entropy. The same numbers go to
+``--kd-stats-json`` (default ``<out-md dir>/kd_stats.json``; a JSON list, one
+object per KD model; written whenever ``--exp-dir`` is given, ``[]`` when no
+KD model exists, and the section is then omitted). Format and definitions:
+``asr_kd.metrics.train_stats``.
 """
 from __future__ import annotations
 
@@ -24,12 +36,18 @@ log = logging.getLogger("asr_kd.results")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.results", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.results", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results-json", type=Path, required=True)
     p.add_argument("--test-sets", nargs="+", required=True, help="evaluation sets, in table order")
     p.add_argument("--out-md", type=Path, required=True)
     p.add_argument("--out-png", type=Path, required=True)
-    p.add_argument("--exp-dir", type=Path, default=None, help="where <model>/decode/recogs-* live (bootstrap)")
+    p.add_argument("--exp-dir", type=Path, default=None,
+                   help="where the model directories live: <model>/decode/recogs-* (bootstrap) and "
+                        "<model>/train_stats.json (Stage-2 smoothing statistics of output-KD models)")
+    p.add_argument("--kd-stats-json", type=Path, default=None,
+                   help="where the output-KD training statistics go as JSON (needs --exp-dir; "
+                        "default: kd_stats.json next to --out-md)")
     p.add_argument("--bootstrap", nargs="*", default=[], help="model pairs A:B for the paired bootstrap")
     p.add_argument("--bootstrap-setting", default="greedy-streaming",
                    help="decoding setting prefix of the recogs files to compare (default %(default)s)")
@@ -63,6 +81,22 @@ def bootstrap_lines(exp_dir: Path, pairs: Sequence[str], test_sets: Sequence[str
     return out
 
 
+def kd_section(exp_dir: Path, out_json: Path) -> List[str]:
+    """Markdown lines of "Stage-2 smoothing statistics" ([] without KD models); writes ``out_json``."""
+    import json
+
+    from asr_kd.atomic import atomic_write_text
+    from asr_kd.metrics.train_stats import kd_stats_records, render_kd_section, summarize_kd_runs
+
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"--exp-dir {exp_dir} is not a directory")
+    summaries = summarize_kd_runs(exp_dir)
+    atomic_write_text(out_json, json.dumps(kd_stats_records(summaries), indent=1) + "\n")
+    log.info("output-KD statistics of %d model(s) (%s) -> %s", len(summaries),
+             ", ".join(s.model for s in summaries) or "none", out_json)
+    return render_kd_section(summaries)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,8 +112,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.exp_dir is None:
                 raise ValueError("--bootstrap needs --exp-dir")
             boot = bootstrap_lines(args.exp_dir, args.bootstrap, args.test_sets, args.bootstrap_setting)
+        extra: List[str] = []
+        if args.exp_dir is not None:
+            extra = kd_section(args.exp_dir, args.kd_stats_json or args.out_md.with_name("kd_stats.json"))
+        elif args.kd_stats_json is not None:
+            raise ValueError("--kd-stats-json needs --exp-dir")
         md, png = write_summary(rows, args.test_sets, args.out_md, args.out_png, header_lines=args.header,
-                                bootstrap=boot)
+                                bootstrap=boot, extra_lines=extra)
     except (ValueError, FileNotFoundError) as e:
         print(f"results: error: {e}", file=sys.stderr)
         return 1

@@ -109,8 +109,12 @@ def _setting_label(row: Row) -> str:
 
 
 def render_markdown(rows: Sequence[Row], test_sets: Sequence[str], title: str = "Results",
-                    header_lines: Iterable[str] = (), bootstrap: Optional[Mapping[str, str]] = None) -> str:
-    """RESULTS.md: one table per evaluation set (WER, rel. reduction, closure, latencies, RTF)."""
+                    header_lines: Iterable[str] = (), bootstrap: Optional[Mapping[str, str]] = None,
+                    extra_lines: Iterable[str] = ()) -> str:
+    """RESULTS.md: one table per evaluation set (WER, rel. reduction, closure, latencies, RTF).
+
+    ``extra_lines``: markdown appended at the end (e.g. ``asr_kd.metrics.train_stats.render_kd_section``).
+    """
     lines = [f"# {title}", ""]
     lines += list(header_lines)
     lines += [
@@ -146,6 +150,7 @@ def render_markdown(rows: Sequence[Row], test_sets: Sequence[str], title: str = 
         lines += ["## Paired bootstrap (95% interval of the WER difference)", ""]
         lines += [f"- {k}: " + v.replace("\n", "; ") for k, v in bootstrap.items()]
         lines.append("")
+    lines += list(extra_lines)
     return "\n".join(lines)
 
 
@@ -201,10 +206,10 @@ def plot_wer_latency(rows: Sequence[Row], test_sets: Sequence[str], out_png: Uni
 
 def write_summary(rows: Sequence[Row], test_sets: Sequence[str], out_md: Union[str, Path],
                   out_png: Union[str, Path], header_lines: Iterable[str] = (),
-                  bootstrap: Optional[Dict[str, str]] = None) -> Tuple[Path, Path]:
-    """Write RESULTS.md (atomically) and the plot; returns their paths."""
+                  bootstrap: Optional[Dict[str, str]] = None, extra_lines: Iterable[str] = ()) -> Tuple[Path, Path]:
+    """Write RESULTS.md (atomically) and the plot; returns their paths (``extra_lines``: see render_markdown)."""
     png = plot_wer_latency(rows, test_sets, out_png)
     header = list(header_lines)
     header.append(f"\n![WER against first-token latency]({Path(png).name})")
-    md = render_markdown(rows, test_sets, header_lines=header, bootstrap=bootstrap)
+    md = render_markdown(rows, test_sets, header_lines=header, bootstrap=bootstrap, extra_lines=extra_lines)
     return atomic_write_text(out_md, md + "\n"), png

@@ -7,7 +7,7 @@ a fresh run draws a new one.  Rules applied at start-up (main rank):
 * a fresh run (no ``--resume``) in a directory that already holds run files
   (``checkpoint-*.pt``, ``epoch-*.pt``, ``pretrained.pt``) stops with
   :class:`ExpDirInUseError` unless ``--overwrite`` is given; with it, those
-  files (and ``tensorboard/``) are moved, never deleted, into
+  files (and ``tensorboard/``, ``train_stats.json``) are moved, never deleted, into
   ``<exp-dir>/replaced-<UTC time>-<old run id>/`` so the new run's files
   cannot mix with the old run's;
 * temporary files of interrupted atomic writes (``.<name>.tmp.<pid>``) whose
@@ -82,6 +82,9 @@ def claim_fresh_exp_dir(exp_dir: PathLike, overwrite: bool) -> Optional[Path]:
     tb = exp_dir / "tensorboard"
     if tb.is_dir():
         tb.rename(dest / "tensorboard")
+    stats = exp_dir / "train_stats.json"  # asr_kd.metrics.train_stats: per-epoch means of that run
+    if stats.is_file():
+        stats.rename(dest / stats.name)
     log.warning("--overwrite: moved the previous run's %d file(s) (%s) to %s", len(files), names, dest)
     return dest
 

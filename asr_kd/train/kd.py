@@ -360,6 +360,7 @@ class KDLossComputer:
                 kd_teacher_entropy_smoothed=float(stats.teacher_entropy_after),
                 kd_alpha_mean=float(stats.alpha_mean),
                 kd_alpha_min_share=float(stats.alpha_min_share),
+                kd_smoothed_share=float(stats.smoothed_share),
                 kd_coverage=float(t_occ.sum()) / total_mass,
             )
         info["loss"] = float(loss.detach())

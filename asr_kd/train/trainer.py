@@ -429,15 +429,34 @@ class Trainer:
             bar.close()
         return epoch_tracker
 
+    def _write_train_stats(self, train_avg: dict[str, float], valid_avg: dict[str, float], frames: float) -> None:
+        """Main rank: this epoch's means into ``exp_dir/train_stats.json`` (``asr_kd.metrics.train_stats``).
+
+        A failed write is logged, never fatal: the checkpoint already holds the same ``train_metrics``.
+        """
+        from asr_kd.metrics.train_stats import update_train_stats
+
+        try:
+            update_train_stats(self.cfg.exp_dir, self.epoch, train_avg, valid_avg, run_id=self.meta.get("run_id"),
+                               args=self.meta.get("args") or {}, frames=frames,
+                               batch_idx_train=self.batch_idx_train)
+        except OSError as e:
+            log.warning("could not write %s/train_stats.json: %s", self.cfg.exp_dir, e)
+
     def fit(self, train_loader: Iterable[dict[str, Any]], valid_loader: Optional[Iterable[dict[str, Any]]] = None,
             ) -> list[Path]:
-        """Epochs ``self.epoch .. cfg.num_epochs``; returns the epoch checkpoint paths written (main rank)."""
+        """Epochs ``self.epoch .. cfg.num_epochs``; returns the epoch checkpoint paths written (main rank).
+
+        After each epoch checkpoint the main rank also rewrites ``exp_dir/train_stats.json``
+        (the epoch's train/valid means; format in ``asr_kd.metrics.train_stats``).
+        """
         written: list[Path] = []
         while self.epoch <= self.cfg.num_epochs:
             if self.sampler is not None:
                 self.sampler.set_epoch(self.epoch)
             train_tracker = self.train_one_epoch(train_loader)
-            train_avg = train_tracker.reduce(self.device).averages()
+            reduced = train_tracker.reduce(self.device)
+            train_avg = reduced.averages()
             valid_avg = self.validate(valid_loader) if valid_loader is not None else {}
             self.tb.scalars("epoch_train", train_avg, self.epoch)
             self.tb.scalars("valid", valid_avg, self.epoch)
@@ -451,6 +470,7 @@ class Trainer:
                              train_metrics=train_avg)
             if path is not None:
                 written.append(path)
+                self._write_train_stats(train_avg, valid_avg, reduced.frames)
             self.epoch += 1
             self.batch_idx = 0
         return written
