@@ -11,6 +11,10 @@ joiner graphs as the streaming model (``onnx_common.py``).  Batches are
 padded with ln(1e-10) by sherpa-onnx, the value our data loader pads with;
 the encoder masks frames at or beyond ``x_lens`` in any case.
 
+The encoder's metadata says ``model_type = "conformer"``: without an explicit
+model type (e.g. ``sherpa-onnx-offline`` on the command line) sherpa-onnx
+chooses its offline transducer runtime from it.
+
 The full-context teacher is exported this way.  A chunk-wise student can be
 too: its encoder then runs its masked full-utterance forward with the
 chunk size and left context it is configured with (the first entries of
@@ -76,6 +80,8 @@ def export_offline(model: nn.Module, out_dir: PathLike) -> dict[str, Path]:
                 "encoder_out_lens": {0: "N"},
             },
             {
+                # sherpa-onnx's offline command-line tool picks its transducer runtime from this
+                "model_type": "conformer",
                 "encoder_dim": cfg.d_model,
                 "num_encoder_layers": cfg.num_layers,
                 "feature_dim": cfg.num_features,
