@@ -4,7 +4,8 @@
 Same setup on every side: one live stream at a time, audio fed in pieces of
 --piece-ms, features computed incrementally (kaldi-native-fbank inside
 sherpa-onnx; asr_kd's OnlineFbank in PyTorch), one thread, greedy search,
-every utterance followed by --tail-silence-s of zeros and decoded with the
+every utterance followed by --tail-silence-s of zeros (default: one chunk
++ 0.1 s) and decoded with the
 sherpa-onnx end-of-stream rule (PyTorch ``StreamingDecoder(tail="drop")``).
 
 Reports, as JSON on stdout (and --out if given):
@@ -48,8 +49,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="left context for a fresh export, multiple of 40 (default: the model's)")
     p.add_argument("--piece-ms", type=int, default=100,
                    help="audio is fed to each stream in pieces of this many ms (default %(default)s)")
-    p.add_argument("--tail-silence-s", type=float, default=0.5,
-                   help="zeros appended to every utterance, on every side (default %(default)s)")
+    p.add_argument("--tail-silence-s", type=float, default=None,
+                   help="zeros appended to every utterance, on every side "
+                        "(default: the exported chunk + 0.1 s, enough to decode the speech at the end)")
     p.add_argument("--num-threads", type=int, default=1, help="threads for every runtime (default %(default)s)")
     p.add_argument("--max-cuts", type=int, default=None, help="use only the first N cuts (default: all)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here (default: none)")
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> dict:
     tok = Tokenizer(args.bpe_model or export_onnx._bpe_from_checkpoint(args.checkpoint))
 
     cuts = list(CutSet.from_file(args.cuts))[: args.max_cuts]
-    tail = np.zeros(int(round(args.tail_silence_s * 16000)), np.float32)
+    tail_s = args.tail_silence_s if args.tail_silence_s is not None else 0.04 * k + 0.1
+    tail = np.zeros(int(round(tail_s * 16000)), np.float32)
     waves = [np.concatenate([c.load_audio()[0].astype(np.float32), tail]) for c in cuts]
     refs = [" ".join(s.text for s in c.supervisions).split() for c in cuts]
     seconds = sum(w.size for w in waves) / 16000.0
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {
         "checkpoint": str(args.checkpoint), "cuts": str(args.cuts), "num_cuts": len(cuts),
         "audio_s": round(seconds, 2), "chunk_ms": 40 * k, "left_context_ms": 40 * lc,
-        "num_threads": args.num_threads, "piece_ms": args.piece_ms, "tail_silence_s": args.tail_silence_s,
+        "num_threads": args.num_threads, "piece_ms": args.piece_ms, "tail_silence_s": round(tail_s, 3),
         "machine": _machine(),
         "runtimes": {},
     }

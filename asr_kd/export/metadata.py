@@ -10,16 +10,22 @@ must live inside the ``.onnx`` file, not in a side ``.data`` file.
 the 2 GiB protobuf limit with a clear error.
 
 ``tokens.txt``.  One line per token id, ``<piece> <id>``, ids 0..V-1 in
-order; the blank (id 0) is ``<blk>`` and ``<unk>`` keeps its name (sherpa-onnx
-hides ``<unk>`` from its results).  Pieces come from the sentencepiece model
-the transducer was trained with.
+order; the blank (id 0) is ``<blk>``.  Pieces come from the sentencepiece
+model the transducer was trained with, except the unknown piece ``<unk>``,
+written as ``UNK_SYMBOL`` (the "⁇" sentencepiece decodes it to): a token
+named ``<unk>`` is treated as blank by sherpa-onnx's search (not emitted, no
+decoder update), which would make its transcripts differ from the trained
+model's whenever the model emits ``<unk>``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Union
 
-__all__ = ["add_metadata", "read_metadata", "save_single_file", "write_tokens"]
+__all__ = ["add_metadata", "read_metadata", "save_single_file", "write_tokens", "UNK_SYMBOL"]
+
+#: how tokens.txt names the sentencepiece unknown piece (see the module docstring)
+UNK_SYMBOL = "\u2047"
 
 PathLike = Union[str, Path]
 _PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -78,7 +84,7 @@ def write_tokens(bpe_model: PathLike, path: PathLike, vocab_size: int) -> Path:
         raise ValueError(f"{bpe_model}: the blank must be id 0 for sherpa-onnx, got id {tok.blank_id}")
     lines = []
     for i in range(vocab_size):
-        piece = tok.id_to_piece(i)
+        piece = UNK_SYMBOL if i == tok.unk_id else tok.id_to_piece(i)
         if not piece or any(c.isspace() for c in piece):
             raise ValueError(f"{bpe_model}: piece {i} ({piece!r}) is empty or contains whitespace")
         lines.append(f"{piece} {i}\n")

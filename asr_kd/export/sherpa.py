@@ -7,8 +7,9 @@
 * :func:`read_token_ids`: ``tokens.txt`` as a piece -> id dict, to turn
   sherpa-onnx's token strings back into ids.
 
-sherpa-onnx hides ``<unk>`` from its results, so an ``<unk>`` emitted by
-the model never appears in the ids returned here.
+``tokens.txt`` names the unknown piece ``metadata.UNK_SYMBOL``, so sherpa-onnx
+emits it like any other token (a token named ``<unk>`` would be treated as
+blank).
 """
 from __future__ import annotations
 
