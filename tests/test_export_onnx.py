@@ -4,7 +4,9 @@ Tiny random models whose joiner is biased so that about half the frames emit
 a token (and ``<unk>`` never wins: sherpa-onnx hides it from its results),
 a small sentencepiece model and synthetic WAV files.
 """
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +60,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     cuts = make_synthetic_cuts(d / "wav", num_cuts=5, max_words=5)
     bpe = train_bpe(write_transcripts(cuts, d / "tr.txt"), d / "lang", vocab_size=20)
+    cuts.to_file(d / "cuts.jsonl.gz")
     wavs = [sf.read(c.recording.sources[0].source, dtype="float32")[0] for c in cuts]
     torch.manual_seed(1)
     student = build_transducer(preset_config("tiny", "student", vocab_size=20, chunk_sizes=(4,),
@@ -197,3 +200,17 @@ def test_tail_drop_decodes_a_prefix_of_tail_pad(setup):
         assert drop.tokens == [t for t, f in zip(pad.tokens, pad.frames) if f < 4 * chunks]
     with pytest.raises(ValueError, match="tail"):
         StreamingDecoder(model, 4, 8, tail="trim")
+
+
+def test_bench_tool_reports_identical_fp32_transcripts(setup, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_onnx", Path(__file__).parents[1] / "tools" / "bench_onnx.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.get_parser().parse_args(["--checkpoint", str(setup["student_ckpt"]), "--cuts",
+                                          str(setup["dir"] / "cuts.jsonl.gz"), "--onnx-dir", str(tmp_path / "onnx")])
+    report = bench.run(args)
+    r = report["runtimes"]
+    assert r["sherpa_fp32"]["identical_to_pytorch"] == "5/5"
+    assert r["sherpa_fp32"]["wer"] == r["pytorch"]["wer"]
+    assert all(v["rtf"] > 0 for v in r.values())
+    assert report["chunk_ms"] == 160 and report["tail_silence_s"] == pytest.approx(0.26)

@@ -40,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint (required)")
     p.add_argument("--cuts", type=Path, required=True, help="lhotse cuts manifest with audio (required)")
     p.add_argument("--onnx-dir", type=Path, required=True,
-                   help="export directory; exported here (fp32 + int8) when encoder.onnx is missing (required)")
+                   help="export directory; exported here (fp32 + int8) when encoder.int8.onnx is missing (required)")
     p.add_argument("--bpe-model", type=Path, default=None,
                    help="sentencepiece model (default: the one recorded in the checkpoint)")
     p.add_argument("--chunk-ms", type=int, default=None,
