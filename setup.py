@@ -24,7 +24,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "export": ["onnx", "onnxruntime"],
+        # ONNX export (TorchScript exporter: no onnxscript needed), int8 quantisation, sherpa-onnx runtime
+        "export": ["onnx>=1.14", "onnxruntime>=1.16", "sherpa-onnx>=1.10"],
     },
     entry_points={},
 )

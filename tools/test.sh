@@ -12,7 +12,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[test.sh] installing asr_kd with its test extras"
-"$PY" -m pip install -q -e ".[test]"
+"$PY" -m pip install -q -e ".[test,export]"
 
 # Debian packages the corpus and end-to-end tests use (text-to-speech engines, voices,
 # sox, text sources): the same list as egs/synth/ASR/local/setup.sh.

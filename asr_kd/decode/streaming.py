@@ -24,6 +24,16 @@ padded with :data:`FEATURE_PAD_VALUE` and run with ``valid_frames`` = the real
 encoder frames left (``output_lengths(T) − offset``), which reproduces the
 masked full-utterance forward (simulated streaming) exactly.
 
+Tail convention (``tail``): ``"pad"`` (default) is the rule above.
+``"drop"`` schedules chunks exactly as sherpa-onnx's ``OnlineRecognizer``
+does for an exported model (``asr_kd.export``): chunk ``c`` runs only once
+*more than* ``input`` frames from its start are available
+(``ready > c·shift + input``, one frame later than ``"pad"``), and after
+the input ends the frames that never completed such a window are not
+decoded (no padded last chunk). With the same audio, ``"drop"`` gives the
+tokens sherpa-onnx gives; append trailing silence to the audio so that
+speech at the very end is inside a decoded chunk.
+
 Availability time of chunk ``c``: ``min(end_sample(last frame), N_received)``
 / 16 kHz: the end of the audio it consumed (:mod:`asr_kd.decode.timing`).
 
@@ -55,7 +65,10 @@ from .search import (
 )
 from .timing import encoder_frame_shift_s, feature_frame_end_sample
 
-__all__ = ["Stream", "StreamingDecoder", "StreamResult", "min_samples_for_output"]
+__all__ = ["Stream", "StreamingDecoder", "StreamResult", "min_samples_for_output", "TAILS"]
+
+#: end-of-stream conventions, see the module docstring
+TAILS = ("pad", "drop")
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +106,11 @@ class Stream:
 
     def __init__(self, stream_id: str, encoder: nn.Module, chunk_size: int, left_context: int,
                  search_state: Union[GreedyState, BeamState], device: torch.device,
-                 opts: FbankOptions = FBANK_OPTS) -> None:
+                 opts: FbankOptions = FBANK_OPTS, tail: str = "pad") -> None:
+        if tail not in TAILS:
+            raise ValueError(f"stream {stream_id}: tail must be one of {TAILS}, got {tail!r}")
         self.stream_id = stream_id
+        self.tail = tail
         self.opts = opts
         self.chunk_size = chunk_size
         self.fbank = OnlineFbank(opts)
@@ -146,6 +162,13 @@ class Stream:
             return None
         start = self.num_chunks * self.shift_frames
         ready = self.fbank.num_frames_ready
+        if self.tail == "drop":
+            if ready > start + self.input_frames:
+                return self.fbank.get_frames(start, self.input_frames), self.chunk_size
+            if self.fbank.is_finished:
+                self._finish_notes(ready)
+                self._done = True
+            return None
         if ready >= start + self.input_frames:
             return self.fbank.get_frames(start, self.input_frames), self.chunk_size
         if not self.fbank.is_finished:
@@ -162,6 +185,9 @@ class Stream:
     def _finish_notes(self, num_frames: int) -> None:
         if self.num_samples == 0:
             self.note = "empty audio: nothing decoded"
+        elif self.encoder_frames == 0 and self.tail == "drop":
+            self.note = (f"audio of {self.num_samples} samples gives {num_frames} feature frames, "
+                         f"no more than one chunk window ({self.input_frames}) with tail='drop': nothing decoded")
         elif self.encoder_frames == 0:
             self.note = (f"audio of {self.num_samples} samples gives {num_frames} feature frames, "
                          "fewer than the encoder needs for one output frame: nothing decoded")
@@ -216,11 +242,16 @@ class StreamingDecoder:
       method: "greedy" or "modified_beam_search".
       beam: beam size for modified beam search.
       max_symbols_per_frame: for greedy search.
+      tail: "pad" (decode a padded last chunk) or "drop" (sherpa-onnx's chunk
+        scheduling, no padded last chunk); see the module docstring.
     """
 
     def __init__(self, model: nn.Module, chunk_size: int, left_context: int, method: str = "greedy",
                  beam: int = 4, max_symbols_per_frame: int = 1,
-                 device: Union[str, torch.device] = "cpu", opts: FbankOptions = FBANK_OPTS) -> None:
+                 device: Union[str, torch.device] = "cpu", opts: FbankOptions = FBANK_OPTS,
+                 tail: str = "pad") -> None:
+        if tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
         if method not in ("greedy", "modified_beam_search"):
             raise ValueError(f"unknown decoding method {method!r} (greedy | modified_beam_search)")
         if not getattr(model.encoder, "cfg", None) or not model.encoder.cfg.causal:
@@ -235,6 +266,7 @@ class StreamingDecoder:
         self.max_symbols_per_frame = int(max_symbols_per_frame)
         self.device = torch.device(device)
         self.opts = opts
+        self.tail = tail
 
     def create_stream(self, stream_id: str = "") -> Stream:
         enc = self.model.encoder
@@ -242,7 +274,8 @@ class StreamingDecoder:
             search = init_greedy_states(self.model, 1, self.device)[0]
         else:
             search = init_beam_states(self.model, 1, self.device)[0]
-        return Stream(stream_id, enc, self.chunk_size, self.left_context, search, self.device, self.opts)
+        return Stream(stream_id, enc, self.chunk_size, self.left_context, search, self.device, self.opts,
+                      self.tail)
 
     @torch.no_grad()
     def step(self, streams: Sequence[Stream]) -> int:

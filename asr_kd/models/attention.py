@@ -76,23 +76,36 @@ def chunk_attention_mask(
     return allowed
 
 
-def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rotary_angles(
+    positions: Tensor, head_dim: int, base: float = 10000.0, float32_trig: bool = False
+) -> tuple[Tensor, Tensor]:
     """cos / sin tables for rotary embeddings.
 
     Angles are computed in float64 (positions of long streams grow without
     bound, float32 would lose the fast-rotating pairs first).
 
+    With ``float32_trig`` (used for ONNX export: some ONNX Runtime builds have
+    no float64 Cos/Sin) the float64 angle is first reduced to ``[0, 2 pi)``,
+    then cast to float32 and cos / sin are taken in float32; the tables then
+    differ from the default ones by float32 rounding (~1e-7), whatever the
+    position.
+
     Args:
       positions: (B, T) int64 absolute encoder-frame indices.
       head_dim: d_h, even.
       base: the rotary base (10000 as in RoPE).
+      float32_trig: reduce in float64, evaluate cos / sin in float32.
 
     Returns:
-      (cos, sin), each (B, 1, T, d_h / 2) float64, ready to broadcast over heads.
+      (cos, sin), each (B, 1, T, d_h / 2), float64 (float32 with
+      ``float32_trig``), ready to broadcast over heads.
     """
     half = head_dim // 2
     inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) * 2.0 / head_dim)
     angles = positions.to(torch.float64)[..., None] * inv_freq  # (B, T, d_h/2)
+    if float32_trig:
+        two_pi = 2.0 * math.pi
+        angles = (angles - torch.floor(angles / two_pi) * two_pi).to(torch.float32)
     return angles.cos()[:, None], angles.sin()[:, None]
 
 
@@ -139,6 +152,8 @@ class RotaryMultiheadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.rotary_base = rotary_base
+        #: evaluate rotary cos / sin in float32 after a float64 range reduction (ONNX export only)
+        self.float32_trig = False
         self.in_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -176,7 +191,7 @@ class RotaryMultiheadAttention(nn.Module):
           values: (B, T, D) this call's values, to cache.
         """
         q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        cos, sin = rotary_angles(positions, self.head_dim, self.rotary_base)
+        cos, sin = rotary_angles(positions, self.head_dim, self.rotary_base, self.float32_trig)
         q = apply_rotary(self._split(q), cos, sin)
         k = apply_rotary(self._split(k), cos, sin)
         new_keys, new_values = self._merge(k), v
