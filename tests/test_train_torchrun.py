@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,22 +42,6 @@ main(sys.argv[1:])
 """
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from lhotse import NumpyFilesWriter
-
-    from asr_kd.data.features import lhotse_fbank_extractor
-    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
-    from asr_kd.data.tokenizer import train_bpe
-
-    d = tmp_path_factory.mktemp("torchrun_corpus")
-    cuts = make_synthetic_cuts(d / "wav", num_cuts=12, max_words=3, seed=7)
-    bpe = train_bpe(write_transcripts(cuts, d / "tr.txt"), d / "lang", vocab_size=24)
-    cuts.compute_and_store_features(lhotse_fbank_extractor(), d / "feats", storage_type=NumpyFilesWriter,
-                                    progress_bar=False).to_file(d / "cuts.jsonl.gz")
-    return d / "cuts.jsonl.gz", bpe
-
-
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +63,8 @@ def _launch(tmp: Path, corpus, nproc: int, epochs: int, dump: Path) -> subproces
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_two_cpu_ranks_identical_and_resumable(corpus, tmp_path):
+def test_torchrun_two_cpu_ranks_identical_and_resumable(small_corpus, tmp_path):
+    corpus = small_corpus
     proc = _launch(tmp_path, corpus, 2, 1, tmp_path / "run1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0 = torch.load(tmp_path / "run1" / "rank0.pt", weights_only=True)
