@@ -32,6 +32,8 @@ sees the same perturbed audio (``clean_features`` only removes noise and masks).
 """
 from __future__ import annotations
 
+import itertools
+
 import logging
 import random
 from dataclasses import dataclass, field
@@ -237,7 +239,9 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
     and recording (see :func:`asr_kd.data.dataset.check_transcript`).
 
     Args:
-      cuts: a CutSet (read eagerly: manifests are small enough here).
+      cuts: a CutSet. A lazy one (``load_manifest_lazy``) stays lazy: one
+        streaming pass counts what is dropped, and the returned set filters
+        as it is read, so a 960 h manifest is never held in memory.
       tokenizer: :class:`asr_kd.data.tokenizer.Tokenizer`.
       encoder_frames: feature frames -> encoder frames; default
         :func:`default_encoder_frames` with ``subsampling_factor``.
@@ -253,8 +257,8 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
     if max_speed <= 0:
         raise ValueError(f"max_speed must be positive, got {max_speed}")
     enc = encoder_frames or (lambda t: default_encoder_frames(t, subsampling_factor))
-    kept, dropped = [], 0
-    for cut in cuts:
+
+    def long_enough(cut) -> bool:
         text = check_transcript(cut)
         num_tokens = len(tokenizer.encode([text])[0])
         frames = _num_feature_frames(cut)
@@ -262,14 +266,23 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
             frames = FBANK_OPTS.num_frames(int(cut.duration / max_speed * FBANK_OPTS.sampling_rate))
         t_enc = int(enc(frames))
         if t_enc < num_tokens:
-            dropped += 1
             log.debug("dropping %s: %d encoder frames < %d tokens", cut.id, t_enc, num_tokens)
-            continue
-        kept.append(cut)
-    total = len(kept) + dropped
+            return False
+        return True
+
+    kept, dropped, total = [], 0, 0
+    lazy = bool(getattr(cuts, "is_lazy", False))
+    for cut in cuts:
+        total += 1
+        if not long_enough(cut):
+            dropped += 1
+        elif not lazy:
+            kept.append(cut)
     (log.warning if dropped else log.info)(
         "filter_short_cuts: dropped %d of %d cuts (fewer encoder frames than tokens)", dropped, total
     )
+    if lazy:
+        return cuts.filter(long_enough)
     return CutSet.from_cuts(kept)
 
 
@@ -324,8 +337,9 @@ class AsrDataModule:
         rank, world = _dist_rank_world()
         cuts = self._speed_perturbed(cuts)
         num_buckets = int(self.cfg.num_buckets)
-        if not cuts.is_lazy:  # tiny eager sets: lhotse needs 2 <= buckets <= cuts
-            num_buckets = min(num_buckets, len(cuts))
+        # tiny sets: lhotse needs 2 <= buckets <= cuts; a lazy set is read only as far
+        # as num_buckets cuts to check (a 960 h manifest is never loaded whole)
+        num_buckets = min(num_buckets, sum(1 for _ in itertools.islice(iter(cuts), num_buckets)))
         common = dict(max_duration=self.cfg.max_duration, shuffle=self.cfg.shuffle,
                       drop_last=self.cfg.drop_last, seed=self.cfg.seed, rank=rank, world_size=world)
         if num_buckets >= 2:
