@@ -94,3 +94,33 @@ def test_missing_data_names_data_stage(recipe, tmp_path):
                 "--exp-dir", str(tmp_path / "e"), "--stage", "3", *extra)
     assert proc.returncode == 2
     assert "stage 3 needs " in proc.stderr and "run stage 1 first" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("opts, launch", [
+    ([], ["-m", "asr_kd.bin.train", "--device", "auto"]),
+    (["--num-gpus", "0"], ["-m", "asr_kd.bin.train", "--device", "cpu"]),
+    (["--num-gpus", "4", "--num-nodes", "2", "--master-addr", "h1", "--master-port", "1234"],
+     ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "4", "--node-rank", "0",
+      "--rdzv-backend", "c10d", "--rdzv-endpoint", "h1:1234", "--rdzv-id", "asr-kd-teacher",
+      "-m", "asr_kd.bin.train", "--device", "cuda"]),
+])
+def test_training_launch(recipe, opts, launch, tmp_path):
+    """Stage 3's command line, recorded by a stand-in PYTHON: one process, or torchrun."""
+    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, bpe)
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    stub.chmod(0o755)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    env = dict(os.environ, PYTHON=str(stub))
+    proc = subprocess.run(["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir",
+                           str(data), "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3", *opts, *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert argv[:len(launch)] == launch
+    assert argv[len(launch):len(launch) + 3] == ["--exp-dir", str(exp / "teacher"), "--resume"]
+    assert (exp / "teacher" / ".done").is_file()

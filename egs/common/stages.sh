@@ -111,7 +111,10 @@ train_model() {
   mark_done "$exp_dir/$name/.done" "$key"
   if [ "$node_rank" -gt 0 ]; then  # node 0 writes the marker; wait for it before going on
     local t=0
-    until model_done "$name" "$key" || [ "$t" -ge 600 ]; do sleep 2; t=$((t + 2)); done
+    until model_done "$name" "$key"; do
+      [ "$t" -lt 600 ] || die "node $node_rank: node 0 has not marked $name done in $exp_dir/$name/.done after 600 s (is EXP_DIR shared?)"
+      sleep 2; t=$((t + 2))
+    done
   fi
 }
 # stage_writing CKPT: the stage that trains the model of EXP_DIR/<name>/pretrained.pt
