@@ -63,14 +63,14 @@ student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_con
 procs_per_node=$(( ${num_gpus:-0} > 1 ? num_gpus : 1 ))
 world_size=$(( procs_per_node * num_nodes ))
 case "$num_gpus" in "") train_device=auto ;; 0) train_device=cpu ;; *) train_device=cuda ;; esac
-# train_launcher NAME: the command that runs asr_kd.bin.train for model NAME
+# train_launcher NAME: sets launcher to the command that runs asr_kd.bin.train for model NAME
 train_launcher() {
   if [ "$world_size" -gt 1 ]; then
-    echo "$python" -m torch.distributed.run --nnodes "$num_nodes" --nproc-per-node "$procs_per_node" \
-      --node-rank "$node_rank" --rdzv-backend c10d --rdzv-endpoint "$master_addr:$master_port" \
-      --rdzv-id "asr-kd-$1" -m asr_kd.bin.train --device "$train_device"
+    launcher=("$python" -m torch.distributed.run --nnodes "$num_nodes" --nproc-per-node "$procs_per_node"
+      --node-rank "$node_rank" --rdzv-backend c10d --rdzv-endpoint "$master_addr:$master_port"
+      --rdzv-id "asr-kd-$1" -m asr_kd.bin.train --device "$train_device")
   else
-    echo "$python" -m asr_kd.bin.train --device "$train_device"
+    launcher=("$python" -m asr_kd.bin.train --device "$train_device")
   fi
 }
 
@@ -106,7 +106,7 @@ train_model() {
     rm -rf "$exp_dir/$name"
   fi
   mkdir -p "$exp_dir/$name"
-  read -r -a launcher <<< "$(train_launcher "$name")"
+  train_launcher "$name"
   "${launcher[@]}" --exp-dir "$exp_dir/$name" --resume "$@"
   mark_done "$exp_dir/$name/.done" "$key"
   if [ "$node_rank" -gt 0 ]; then  # node 0 writes the marker; wait for it before going on
