@@ -12,7 +12,7 @@
 # Recipe options:
 #   --corpus-dir DIR           the folder holding LibriSpeech's subset folders (train-clean-100/,
 #                              dev-clean/, test-clean/, test-other/, ...); required
-#   --train-subsets "A B"      training subsets (default: the preset's train_subsets; 960 h:
+#   --train-subsets "A B"      training subsets (default: the preset's preset_train_subsets; 960 h:
 #                              "train-clean-100 train-clean-360 train-other-500")
 #   --alignments-dir DIR       word alignments, <speaker>-<chapter>.alignment.txt in the corpus
 #                              layout (default: none besides any in DIR). Sets without them get
@@ -20,12 +20,14 @@
 #   --musan-dir DIR            MUSAN: its music and noise are mixed into training (default: none)
 #   --download true|false      true: lhotse downloads missing subsets into the parent of DIR,
 #                              which must be named LibriSpeech (default false: never downloads)
-# Presets (conf/NAME.conf): micro (tests, CPU, minutes), medium (GPU, ~20 M pair),
-# large (GPU, the paper's size, ~76 M pair). Relative paths are relative to this
-# recipe's directory (default DATA_DIR data/<preset>, EXP_DIR exp/<preset>).
+# Presets (conf/NAME.conf): micro (tests, CPU, minutes), medium (default; GPU, ~20 M
+# pair), large (GPU, the paper's size, ~76 M pair). A relative --data-dir or
+# --exp-dir is relative to this recipe's directory (default data/<preset>,
+# exp/<preset>); the other relative paths to the directory run.sh is started from.
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
+preset=medium
 corpus_dir=
 train_subsets=
 alignments_dir=
