@@ -139,7 +139,7 @@ def test_config_roundtrip_and_presets() -> None:
     cfg = preset_config("small", "student", vocab_size=500)
     assert cfg.encoder.causal and cfg.encoder.chunk_sizes == (16,) and cfg.encoder.left_contexts == (64,)
     assert TransducerConfig.from_dict(cfg.to_dict()) == cfg
-    assert set(PRESETS) == {"tiny", "small", "full"}
+    assert set(PRESETS) == {"tiny", "small", "full", "large"}
     for name, (teacher, student) in PRESETS.items():
         assert not teacher["causal"] and student["causal"]
         EncoderConfig(**teacher), EncoderConfig(**student)

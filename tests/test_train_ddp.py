@@ -120,22 +120,6 @@ def test_two_rank_ddp_equals_union(tmp_path) -> None:
     assert moved > 10  # the comparison is not vacuous
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory):
-    from lhotse import NumpyFilesWriter
-
-    from asr_kd.data.features import lhotse_fbank_extractor
-    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
-    from asr_kd.data.tokenizer import train_bpe
-
-    d = tmp_path_factory.mktemp("ddp_corpus")
-    cuts = make_synthetic_cuts(d / "wav", num_cuts=10, max_words=3, seed=4)
-    bpe = train_bpe(write_transcripts(cuts, d / "tr.txt"), d / "lang", vocab_size=24)
-    cuts.compute_and_store_features(lhotse_fbank_extractor(), d / "feats", storage_type=NumpyFilesWriter,
-                                    progress_bar=False).to_file(d / "cuts.jsonl.gz")
-    return d / "cuts.jsonl.gz", bpe
-
-
 def test_torchrun_cli_two_ranks(small_corpus, tmp_path) -> None:
     cuts, bpe = small_corpus
     exp = tmp_path / "exp"

@@ -32,6 +32,8 @@ sees the same perturbed audio (``clean_features`` only removes noise and masks).
 """
 from __future__ import annotations
 
+import itertools
+
 import logging
 import random
 from dataclasses import dataclass, field
@@ -242,7 +244,9 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
     ``ValueError`` naming the cut and ``manifest``.
 
     Args:
-      cuts: a CutSet (read eagerly: manifests are small enough here).
+      cuts: a CutSet. A lazy one (``load_manifest_lazy``) stays lazy: one
+        streaming pass counts what is dropped, and the returned set filters
+        as it is read, so a 960 h manifest is never held in memory.
       tokenizer: :class:`asr_kd.data.tokenizer.Tokenizer`.
       encoder_frames: feature frames -> encoder frames; default
         :func:`default_encoder_frames` with ``subsampling_factor``.
@@ -250,7 +254,6 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
         afterwards (``max(DataConfig.speed_factors)`` when ``speed_perturb``):
         a cut is kept only if its fastest copy, ``1/max_speed`` as long, is
         still long enough.
-    Returns:
       manifest: how errors name the manifest (e.g. "--cuts-valid data/dev.jsonl.gz").
     Returns:
       the kept cuts as a CutSet; the number dropped and the first few ids are logged (WARNING if > 0).
@@ -260,27 +263,41 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
     if max_speed <= 0:
         raise ValueError(f"max_speed must be positive, got {max_speed}")
     enc = encoder_frames or (lambda t: default_encoder_frames(t, subsampling_factor))
-    kept, dropped, with_unk = [], [], []
     unk = tokenizer.unk_id
-    for cut in cuts:
+
+    def tokens_of(cut) -> tuple[list[int], str]:
         text = check_transcript(cut, manifest)
-        ids = tokenizer.encode([text])[0]
-        num_tokens = len(ids)
-        if unk in ids:
-            if all(i == unk or tokenizer.id_to_piece(i) == "\u2581" for i in ids):
-                raise ValueError(f"cut {cut.id!r} in the {manifest}: the transcript {text[:60]!r} is all <unk> "
-                                 f"for the BPE model {getattr(tokenizer, 'model_path', '')}; fix or remove it")
-            with_unk.append(f"{cut.id}: {text[:40]!r}")
+        return tokenizer.encode([text])[0], text
+
+    def fits(cut, num_tokens: int) -> bool:
         frames = _num_feature_frames(cut)
         if max_speed > 1.0:
             frames = FBANK_OPTS.num_frames(int(cut.duration / max_speed * FBANK_OPTS.sampling_rate))
         t_enc = int(enc(frames))
         if t_enc < num_tokens:
-            dropped.append(cut.id)
             log.debug("dropping %s: %d encoder frames < %d tokens", cut.id, t_enc, num_tokens)
-            continue
-        kept.append(cut)
-    total = len(kept) + len(dropped)
+            return False
+        return True
+
+    def long_enough(cut) -> bool:
+        return fits(cut, len(tokens_of(cut)[0]))
+
+    # one streaming pass: checks every transcript, counts what is dropped; a lazy
+    # set stays lazy (the same test is applied again when it is read)
+    kept, dropped, with_unk, total = [], [], [], 0
+    lazy = bool(getattr(cuts, "is_lazy", False))
+    for cut in cuts:
+        total += 1
+        ids, text = tokens_of(cut)
+        if unk in ids:
+            if all(i == unk or tokenizer.id_to_piece(i) == "\u2581" for i in ids):
+                raise ValueError(f"cut {cut.id!r} in the {manifest}: the transcript {text[:60]!r} is all <unk> "
+                                 f"for the BPE model {getattr(tokenizer, 'model_path', '')}; fix or remove it")
+            with_unk.append(f"{cut.id}: {text[:40]!r}")
+        if not fits(cut, len(ids)):
+            dropped.append(cut.id)
+        elif not lazy:
+            kept.append(cut)
     (log.warning if dropped else log.info)(
         "filter_short_cuts: dropped %d of %d cuts (fewer encoder frames than tokens)%s", len(dropped), total,
         f", e.g. {', '.join(dropped[:5])}" if dropped else "",
@@ -288,6 +305,8 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
     if with_unk:
         log.warning("%s: %d of %d transcripts contain <unk> (characters the BPE model does not know), e.g. %s",
                     manifest, len(with_unk), total, "; ".join(with_unk[:3]))
+    if lazy:
+        return cuts.filter(long_enough)
     return CutSet.from_cuts(kept)
 
 
@@ -342,8 +361,9 @@ class AsrDataModule:
         rank, world = _dist_rank_world()
         cuts = self._speed_perturbed(cuts)
         num_buckets = int(self.cfg.num_buckets)
-        if not cuts.is_lazy:  # tiny eager sets: lhotse needs 2 <= buckets <= cuts
-            num_buckets = min(num_buckets, len(cuts))
+        # tiny sets: lhotse needs 2 <= buckets <= cuts; a lazy set is read only as far
+        # as num_buckets cuts to check (a 960 h manifest is never loaded whole)
+        num_buckets = min(num_buckets, sum(1 for _ in itertools.islice(iter(cuts), num_buckets)))
         common = dict(max_duration=self.cfg.max_duration, shuffle=self.cfg.shuffle,
                       drop_last=self.cfg.drop_last, seed=self.cfg.seed, rank=rank, world_size=world)
         if num_buckets >= 2:

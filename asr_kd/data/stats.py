@@ -9,12 +9,14 @@ training cuts::
     std_f  = sqrt((1/N) sum_{c,t} x_{c,t,f}^2 - mean_f^2)
 
 over all frames ``t`` of the sampled cuts ``c`` (N frames in all). The
-sample is every k-th cut of the manifest, so the same manifest always gives
+sample is every k-th cut of the manifest (two streaming passes: a lazy
+manifest is never loaded whole), so the same manifest always gives
 the same statistics (a teacher and its students trained on one manifest get
 identical values).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any, Tuple
 
@@ -32,14 +34,15 @@ def estimate_feature_stats(cuts: Any, max_cuts: int = 500, on_the_fly: bool = Fa
 
     Raises ValueError when the manifest holds no cut with frames.
     """
-    cut_list = list(cuts)
-    if not cut_list:
+    num_cuts = sum(1 for _ in cuts)  # streams a lazy manifest: nothing is held in memory
+    if not num_cuts:
         raise ValueError("estimate_feature_stats: the cut set is empty")
-    stride = max(1, len(cut_list) // max_cuts)
+    stride = max(1, num_cuts // max_cuts)
+    sample = list(itertools.islice(itertools.islice(cuts, 0, None, stride), max_cuts))
     total = None
     total_sq = None
     frames = 0
-    for cut in cut_list[::stride][:max_cuts]:
+    for cut in sample:
         feats = load_cut_features(cut, on_the_fly).double()  # (T, F)
         if feats.numel() == 0:
             continue
@@ -52,6 +55,6 @@ def estimate_feature_stats(cuts: Any, max_cuts: int = 500, on_the_fly: bool = Fa
     mean = total / frames
     std = (total_sq / frames - mean * mean).clamp(min=0.0).sqrt()
     log.info("feature statistics from %d frames of %d cuts: mean %.2f..%.2f, std %.2f..%.2f", frames,
-             len(cut_list[::stride][:max_cuts]), float(mean.min()), float(mean.max()), float(std.min()),
+             len(sample), float(mean.min()), float(mean.max()), float(std.min()),
              float(std.max()))
     return mean.float(), std.float()

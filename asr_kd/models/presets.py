@@ -16,10 +16,10 @@ For dynamic chunk training set e.g. ``chunk_sizes=(16, 8, 32)``,
 evaluation default).
 
 Parameter counts depend on the vocabulary size V (table and command in
-docs/models.md). Encoders: tiny 0.14 M, small 3.11 M, full 19.0 M. Totals at
-the V of the recipe presets: tiny 0.16 M (V = 60, micro), 0.17 M (V = 100,
-tiny), small 3.45 M (V = 256), full 20.3 M (V = 500); at V = 500 tiny has
-0.28 M and small 3.67 M.
+docs/models.md). Encoders: tiny 0.14 M, small 3.11 M, full 19.0 M, large
+74.1 M. Totals at the V of the recipe presets: tiny 0.16 M (V = 60, micro),
+0.17 M (V = 100, tiny), small 3.45 M (V = 256), full 20.3 M (V = 500),
+large 75.7 M (V = 500); at V = 500 tiny has 0.28 M and small 3.67 M.
 """
 
 from __future__ import annotations
@@ -41,12 +41,15 @@ _ARCH: dict[str, dict[str, Any]] = {
     "small": dict(d_model=144, num_layers=6, num_heads=4, ff_dim=576, conv_kernel=15, subsampling_channels=64),
     # bigger models for real corpora / GPUs
     "full": dict(d_model=256, num_layers=12, num_heads=4, ff_dim=1024, conv_kernel=31, subsampling_channels=128),
+    # the size of icefall's streaming conformer for LibriSpeech (75.7 M parameters with BPE 500)
+    "large": dict(d_model=512, num_layers=12, num_heads=8, ff_dim=2048, conv_kernel=31, subsampling_channels=128),
 }
 
 DECODER_DIMS: dict[str, dict[str, int]] = {
     "tiny": dict(decoder_dim=64, joiner_dim=64),
     "small": dict(decoder_dim=256, joiner_dim=256),
     "full": dict(decoder_dim=512, joiner_dim=512),
+    "large": dict(decoder_dim=512, joiner_dim=512),
 }
 
 

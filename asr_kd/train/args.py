@@ -62,7 +62,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="compute fbank from audio instead of reading stored features")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="small", choices=("tiny", "small", "full"), help="model size")
+    g.add_argument("--preset", default="small", choices=("tiny", "small", "full", "large"), help="model size")
     g.add_argument("--causal", type=str2bool, default=False,
                    help="false: full-context teacher; true: chunk-wise streaming student")
     g.add_argument("--chunk-size", type=int_list, default=None,

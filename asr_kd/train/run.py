@@ -254,7 +254,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
         train_cuts = filter_short_cuts(_load_cuts(args.cuts_train, "--cuts-train"), tokenizer,
                                        encoder_frames=encoder_frames, max_speed=max_speed,
                                        manifest=f"training manifest --cuts-train {args.cuts_train}")
-        if len(train_cuts) == 0:
+        if next(iter(train_cuts), None) is None:  # (a lazy set has no len())
             raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
         if ckpt is None and cont is None and not args.init_from:
             # A fresh model: input normalisation from the training data (resume and

@@ -1,0 +1,326 @@
+# The model stages 3-9 (teacher ... results), written once for every corpus
+# recipe. Sourced by egs/<corpus>/ASR/run.sh after egs/common/lib.sh and the
+# recipe's data stages 0-2; runs from the recipe directory.
+#
+# Data contract (set by the recipe before sourcing):
+#   data, exp_dir, python, preset, conf, recipe_dir   (load_preset sets these)
+#   train_set, dev_set     names of the training and validation sets
+#   test_sets              evaluation sets besides dev_set (beam search runs on these)
+#   lang_dir               holds bpe.model (written by stage 2)
+#   $data/fbank/cuts_<set>.jsonl.gz for train_set, dev_set and test_sets, with
+#     features (written by stage 1); supervisions with word alignments give
+#     latency columns, otherwise see decode_align below.
+#
+# Preset variables (conf/<preset>.conf):
+#   required: model_preset chunk_size left_context max_duration num_workers lr
+#     warmup_batches lr_batches lr_epochs warm_step avg teacher_epochs
+#     student_epochs stage1_epochs stage2_epochs
+#   optional (default):
+#     seeds ("42")            the first seeds every main model; each further one adds
+#                             baseline-seed<i>, stage1-seed<i>, stage2-seed<i>
+#     ablations ("")          any of: joint temperature collapsed delay-penalty
+#     controls ("")           baseline-cont
+#     kd_stage1_args, kd_stage2_args ("")  extra --kd-* flags of stages 5 and 6
+#     train_args ("")         extra flags of every training run (e.g. --amp auto)
+#     train_jobs (1)          2: teacher and baseline train side by side (CPU only)
+#     delay_penalty (0.005)   of the delay-penalty ablation
+#     decode_chunk_ms (chunk_size*40)  student decoding chunk sizes in ms (a list)
+#     decode_threads (1), beam_size (4)
+#     decode_align ("")       "teacher": cuts without word alignments get reference
+#                             word times by forced alignment with the teacher; RESULTS
+#                             then labels latency as model-aligned
+
+cuts_of() { echo "$data/fbank/cuts_$1.jsonl.gz"; }
+
+seeds=${seeds:-42}
+main_seed=${seeds%% *}
+ablations=${ablations:-}
+controls=${controls:-}
+kd_stage1_args=${kd_stage1_args:-}
+kd_stage2_args=${kd_stage2_args:-}
+train_args=${train_args:-}
+decode_chunk_ms=${decode_chunk_ms:-$((chunk_size * 40))}
+decode_threads=${decode_threads:-1}
+train_jobs=${train_jobs:-1}
+delay_penalty=${delay_penalty:-0.005}
+beam_size=${beam_size:-4}
+decode_align=${decode_align:-}
+eval_sets="$dev_set $test_sets"
+
+cuts_train=$(cuts_of "$train_set")
+cuts_dev=$(cuts_of "$dev_set")
+bpe_model=$lang_dir/bpe.model
+teacher_ckpt=$exp_dir/teacher/pretrained.pt
+# shellcheck disable=SC2206  # train_args holds several flags
+common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-model "$bpe_model"
+  --preset "$model_preset" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
+  --warmup-batches "$warmup_batches" --lr-batches "$lr_batches" --lr-epochs "$lr_epochs"
+  --warm-step "$warm_step" --avg "$avg" $train_args)
+student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_context")
+
+# ---- how a training run is launched: one process, or torchrun
+# --num-gpus not given: one process on --device auto (CUDA when there is one, else CPU)
+procs_per_node=$(( ${num_gpus:-0} > 1 ? num_gpus : 1 ))
+world_size=$(( procs_per_node * num_nodes ))
+case "$num_gpus" in "") train_device=auto ;; 0) train_device=cpu ;; *) train_device=cuda ;; esac
+# train_launcher NAME: sets launcher to the command that runs asr_kd.bin.train for model NAME
+train_launcher() {
+  if [ "$world_size" -gt 1 ]; then
+    launcher=("$python" -m torch.distributed.run --nnodes "$num_nodes" --nproc-per-node "$procs_per_node"
+      --node-rank "$node_rank" --rdzv-backend c10d --rdzv-endpoint "$master_addr:$master_port"
+      --rdzv-id "asr-kd-$1" -m asr_kd.bin.train --device "$train_device")
+  else
+    launcher=("$python" -m asr_kd.bin.train --device "$train_device")
+  fi
+}
+
+# model_key ARGS...: a model's marker key: its training arguments plus the checksum
+# of every checkpoint the run starts from or learns from (teacher, --init-from),
+# so retraining the teacher retrains its students. The world size is part of it:
+# a run cannot resume under another one (the sampler state is per rank).
+model_key() {
+  local key="$*" arg
+  [ "$world_size" -eq 1 ] || key="$key world=$world_size"
+  for arg in "$@"; do
+    case "$arg" in *.pt) [ -f "$arg" ] && key="$key $(sha256sum "$arg" | cut -d' ' -f1)" ;; esac
+  done
+  echo "$key"
+}
+# model_done NAME KEY: NAME finished training with this marker key
+model_done() { stage_done "$exp_dir/$1/.done" "$2" && [ -f "$exp_dir/$1/pretrained.pt" ]; }
+# train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches;
+# an interrupted run resumes from its newest checkpoint.
+train_model() {
+  local n=$1 name=$2 key arg launcher
+  shift 2
+  for arg in "$@"; do  # checkpoints this model starts from or learns from
+    case "$arg" in *.pt) need "$n" "$arg" "$(stage_writing "$arg")" ;; esac
+  done
+  key=$(model_key "$@")
+  if model_done "$name" "$key"; then
+    log "stage $n: $name already trained ($exp_dir/$name/pretrained.pt)"
+    return 0
+  fi
+  log "stage $n: training $name -> $exp_dir/$name (world size $world_size)"
+  if [ -f "$exp_dir/$name/.done" ] && [ "$node_rank" -eq 0 ]; then  # settings changed: start over
+    rm -rf "$exp_dir/$name"
+  fi
+  mkdir -p "$exp_dir/$name"
+  train_launcher "$name"
+  "${launcher[@]}" --exp-dir "$exp_dir/$name" --resume "$@"
+  mark_done "$exp_dir/$name/.done" "$key"
+  if [ "$node_rank" -gt 0 ]; then  # node 0 writes the marker; wait for it before going on
+    local t=0
+    until model_done "$name" "$key"; do
+      [ "$t" -lt 600 ] || die "node $node_rank: node 0 has not marked $name done in $exp_dir/$name/.done after 600 s (is EXP_DIR shared?)"
+      sleep 2; t=$((t + 2))
+    done
+  fi
+}
+# stage_writing CKPT: the stage that trains the model of EXP_DIR/<name>/pretrained.pt
+stage_writing() {
+  case "$(basename "$(dirname "$1")")" in
+    teacher) echo 3 ;; baseline) echo 4 ;; stage1) echo 5 ;; stage2) echo 6 ;; *) echo 7 ;;
+  esac
+}
+
+need_data() {  # need_data STAGE: the features and the BPE model of stages 1 and 2
+  need "$1" "$cuts_train" 1
+  need "$1" "$cuts_dev" 1
+  need "$1" "$bpe_model" 2
+}
+
+teacher_args=("${common_train_args[@]}" --seed "$main_seed" --causal false --num-epochs "$teacher_epochs")
+baseline_args=("${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs")
+train_teacher() { train_model 3 teacher "${teacher_args[@]}"; }
+train_baseline() { train_model 4 baseline "${baseline_args[@]}"; }
+
+if run_stage 3 || run_stage 4; then need_data "$(run_stage 3 && echo 3 || echo 4)"; fi
+# The teacher and the baseline do not depend on each other. With train_jobs=2 they
+# train side by side, each process on nproc/2 threads (unless OMP_NUM_THREADS is
+# set): on 2 cores two 1-thread runs get more done than one 2-thread run after
+# the other. Their output then goes to EXP_DIR/{teacher,baseline}.out. Not with
+# GPUs or torchrun: there one run uses every device.
+if run_stage 3 && run_stage 4 && [ "$train_jobs" -ge 2 ] && [ "$train_device" != cuda ] && [ "$world_size" -eq 1 ] &&
+   ! { model_done teacher "$(model_key "${teacher_args[@]}")" &&
+       model_done baseline "$(model_key "${baseline_args[@]}")"; }; then
+  ncores=$(nproc 2>/dev/null || echo 2)
+  threads=${OMP_NUM_THREADS:-$(( ncores > 1 ? ncores / 2 : 1 ))}
+  log "stages 3+4: teacher and baseline in parallel, $threads thread(s) each" \
+      "(progress: tail -f $exp_dir/teacher.out $exp_dir/baseline.out)"
+  (export OMP_NUM_THREADS=$threads; train_teacher) > "$exp_dir/teacher.out" 2>&1 &
+  teacher_pid=$!
+  (export OMP_NUM_THREADS=$threads; train_baseline) > "$exp_dir/baseline.out" 2>&1 &
+  baseline_pid=$!
+  # kill both on Ctrl-C; a rerun resumes each from its newest checkpoint
+  trap 'pkill -P "$teacher_pid"; pkill -P "$baseline_pid"; kill "$teacher_pid" "$baseline_pid"' INT TERM
+  failed=""
+  wait "$teacher_pid" || failed="teacher"
+  wait "$baseline_pid" || failed="$failed baseline"
+  trap - INT TERM
+  if [ -n "$failed" ]; then
+    log "stages 3+4 failed:$failed (see $exp_dir/<model>.out)"
+    for m in $failed; do tail -n 20 "$exp_dir/$m.out" >&2; done
+    exit 1
+  fi
+  cat "$exp_dir/teacher.out" "$exp_dir/baseline.out" | grep '\[run.sh\]' || true
+else
+  if run_stage 3; then train_teacher; fi
+  if run_stage 4; then train_baseline; fi
+fi
+
+if run_stage 5; then
+  need_data 5
+  # shellcheck disable=SC2086  # kd_stage1_args holds several flags
+  train_model 5 stage1 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage1_epochs" \
+    --kd-stage hidden --teacher-checkpoint "$teacher_ckpt" $kd_stage1_args
+fi
+
+if run_stage 6; then
+  need_data 6
+  # shellcheck disable=SC2086
+  train_model 6 stage2 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage2_epochs" \
+    --kd-stage output --teacher-checkpoint "$teacher_ckpt" \
+    --init-from "$exp_dir/stage1/pretrained.pt" $kd_stage2_args
+fi
+
+if run_stage 7; then
+  need_data 7
+  teacher_flag=(--teacher-checkpoint "$teacher_ckpt")
+  # An ablation keeps the tuned KD flags of the stage it replaces and changes one
+  # thing; its own flag comes last, so it wins over the same flag in kd_stage*_args.
+  # shellcheck disable=SC2086
+  for name in $ablations $controls; do
+    case "$name" in
+      # one-stage hierarchical KD: hidden + output terms together, the baseline's budget from scratch
+      joint) train_model 7 joint "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$student_epochs" \
+               "${teacher_flag[@]}" $kd_stage1_args $kd_stage2_args --kd-stage joint ;;
+      # Hinton-style fixed temperature instead of adaptive power smoothing, from stage 1
+      temperature) train_model 7 temperature "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               $kd_stage2_args --kd-stage output --kd-smoothing temperature ;;
+      # collapsed 3-way {blank, next label, rest} distribution (Panchapagesan et al. 2021), from stage 1
+      collapsed) train_model 7 collapsed "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               $kd_stage2_args --kd-stage output --kd-distribution collapsed ;;
+      # control for variants that start from the trained baseline: the same extra epochs without KD
+      baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" --init-from "$exp_dir/baseline/pretrained.pt" ;;
+      # the baseline trained with k2's delay penalty (no distillation): the latency reference
+      delay-penalty) train_model 7 delay-penalty "${baseline_args[@]}" --delay-penalty "$delay_penalty" ;;
+      *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed delay-penalty baseline-cont)" ;;
+    esac
+  done
+  # seed replicates of the main comparison: baseline and stage 1 -> 2 again, each from seed number i
+  i=1
+  for s in $seeds; do
+    if [ "$i" -gt 1 ]; then
+      train_model 7 "baseline-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$student_epochs"
+      # shellcheck disable=SC2086
+      train_model 7 "stage1-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$stage1_epochs" --kd-stage hidden "${teacher_flag[@]}" $kd_stage1_args
+      # shellcheck disable=SC2086
+      train_model 7 "stage2-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
+        --num-epochs "$stage2_epochs" --kd-stage output "${teacher_flag[@]}" \
+        --init-from "$exp_dir/stage1-seed$i/pretrained.pt" $kd_stage2_args
+    fi
+    i=$((i + 1))
+  done
+fi
+
+# the student models stages 4-7 train, in table order
+seed_models=
+i=1
+for s in $seeds; do
+  [ "$i" -gt 1 ] && seed_models="$seed_models baseline-seed$i stage1-seed$i stage2-seed$i"
+  i=$((i + 1))
+done
+student_models="baseline stage1 stage2 $ablations $controls$seed_models"
+
+# decode_model NAME KIND: KIND teacher (offline) or student (simulated and true streaming)
+decode_model() {
+  local name=$1 kind=$2 ckpt key out set align=()
+  ckpt=$exp_dir/$name/pretrained.pt
+  [ -f "$ckpt" ] || { log "stage 8: no $ckpt; skipping $name"; return 0; }
+  if [ "$decode_align" = teacher ]; then
+    align=(--align-checkpoint "$teacher_ckpt")
+  elif [ -n "$decode_align" ]; then
+    die "decode_align=$decode_align in $conf: empty or teacher"
+  fi
+  out=$exp_dir/$name/decode
+  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms beam=$beam_size threads=$decode_threads"
+  [ ${#align[@]} -eq 0 ] || key="$key align=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1)"
+  if stage_done "$out/.done" "$key"; then
+    log "stage 8: $name already decoded"
+    return 0
+  fi
+  log "stage 8: decoding $name ($kind)"
+  rm -rf "$out"
+  mkdir -p "$out"
+  local dec=("$python" -m asr_kd.bin.decode --checkpoint "$ckpt" --model-name "$name" --out-dir "$out"
+             --results-json "$exp_dir/results.json" --num-threads "$decode_threads" --no-progress "${align[@]}")
+  for set in $eval_sets; do
+    if [ "$kind" = teacher ]; then
+      "${dec[@]}" --cuts "$(cuts_of "$set")" --method greedy --mode offline
+    else
+      for mode in simulated-streaming streaming; do
+        # shellcheck disable=SC2086  # decode_chunk_ms may list several chunk sizes
+        "${dec[@]}" --cuts "$(cuts_of "$set")" --method greedy --mode "$mode" --chunk-sizes-ms $decode_chunk_ms
+      done
+    fi
+  done
+  for set in $test_sets; do  # beam search on the test sets only
+    if [ "$kind" = teacher ]; then
+      "${dec[@]}" --cuts "$(cuts_of "$set")" --method modified_beam_search --beam "$beam_size" --mode offline
+    else
+      # shellcheck disable=SC2086
+      "${dec[@]}" --cuts "$(cuts_of "$set")" --method modified_beam_search --beam "$beam_size" --mode streaming \
+        --chunk-sizes-ms $decode_chunk_ms
+    fi
+  done
+  mark_done "$out/.done" "$key"
+}
+
+if [ "$node_rank" -gt 0 ] && [ "$stop_stage" -ge 8 ]; then
+  log "stages 8-9: node 0 decodes and writes the results; node $node_rank is done"
+  stop_stage=7
+fi
+
+if run_stage 8; then
+  for set in $eval_sets; do need 8 "$(cuts_of "$set")" 1; done
+  need 8 "$teacher_ckpt" 3
+  decode_model teacher teacher
+  for name in $student_models; do
+    decode_model "$name" student
+  done
+fi
+
+if run_stage 9; then
+  need 9 "$exp_dir/results.json" 8
+  # paired bootstrap of stage 2 against the baseline trained from the same seed
+  pairs=stage2:baseline
+  i=1
+  for s in $seeds; do
+    [ "$i" -gt 1 ] && pairs="$pairs stage2-seed$i:baseline-seed$i"
+    i=$((i + 1))
+  done
+  latency_note=
+  [ "$decode_align" = teacher ] &&
+    latency_note="; latency: model-aligned (reference word times forced-aligned with the teacher; favours students distilled from it) where the corpus has no word alignments"
+  key="$(sha256sum "$exp_dir/results.json" | cut -d' ' -f1) sets=$eval_sets pairs=$pairs align=$decode_align"
+  if stage_done "$exp_dir/.stage9.done" "$key" && [ -f "$exp_dir/RESULTS.md" ]; then
+    log "stage 9: $exp_dir/RESULTS.md is up to date"
+  else
+    log "stage 9: $exp_dir/RESULTS.md and $exp_dir/wer_vs_latency.png"
+    # shellcheck disable=SC2086  # eval_sets and pairs are lists
+    "$python" -m asr_kd.bin.results --results-json "$exp_dir/results.json" --test-sets $eval_sets \
+      --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
+      --bootstrap $pairs --bootstrap-setting greedy-streaming \
+      --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
+      --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((left_context * 40)) ms$latency_note"
+    mark_done "$exp_dir/.stage9.done" "$key"
+  fi
+fi
+
+log "done (stages $stage..$stop_stage)"

@@ -1,0 +1,126 @@
+"""run.sh argument checks (bash only, nothing is trained): every wrong argument
+gives one line naming it and a non-zero exit; --help works from anywhere; a
+stage whose input is missing names the stage to run first.
+
+Runs every recipe under egs/*/ASR, since they share egs/common/lib.sh."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.parent.relative_to(REPO).as_posix() for p in REPO.glob("egs/*/ASR/run.sh"))
+
+
+def _run(recipe: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON="false")  # no stage may get as far as Python
+    return subprocess.run(["bash", str(REPO / recipe / "run.sh") if cwd != REPO else f"{recipe}/run.sh", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_help_from_repo_root_documents_every_option(recipe):
+    proc = _run(recipe, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "Stages 3-9" in text and "PYTHON" in text
+    lib = (REPO / "egs/common/lib.sh").read_text()
+    names = lib.split('common_options="', 1)[1].split('"', 1)[0].split()
+    src = (REPO / recipe / "run.sh").read_text()
+    names += src.split('recipe_options="', 1)[1].split('"', 1)[0].split()
+    for name in names:
+        assert "--" + name.replace("_", "-") in text, name
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "abc"], "--stage must be a non-negative integer, got 'abc'"),
+    (["--stop-stage", "x1"], "--stop-stage must be a non-negative integer, got 'x1'"),
+    (["--stage", "5", "--stop-stage", "3"], "--stage 5 is after --stop-stage 3"),
+    (["--stage"], "option --stage needs a value"),
+    (["--preset", "--stage", "1"], "option --preset needs a value"),
+    (["--no-such-option", "1"], "unknown option --no-such-option"),
+    (["--preset", "nope"], "--preset nope: no conf/nope.conf"),
+    (["--num-gpus", "two"], "--num-gpus must be a non-negative integer"),
+    (["--num-nodes", "2", "--node-rank", "2"], "--node-rank 2 must be below --num-nodes 2"),
+    (["--skip-setup", "yes"], "--skip-setup must be true or false"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_argument_is_one_clear_line(recipe, args, message):
+    proc = _run(recipe, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and message in lines[0], proc.stderr
+    assert "unbound variable" not in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_help_from_another_directory(recipe, tmp_path):
+    proc = _run(recipe, "-h", cwd=tmp_path)
+    assert proc.returncode == 0 and "--stop-stage" in proc.stdout, proc.stderr
+
+
+def _fake_data(data: Path, bpe_dir: str) -> None:
+    (data / "fbank").mkdir(parents=True)
+    (data / bpe_dir).mkdir()
+    for name in ("fbank/cuts_train.jsonl.gz", "fbank/cuts_dev.jsonl.gz", "fbank/cuts_dev-clean.jsonl.gz",
+                 f"{bpe_dir}/bpe.model"):
+        (data / name).write_bytes(b"")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("stage, first", [(5, 3), (6, 3), (9, 8)])
+def test_missing_input_names_the_stage_to_run_first(recipe, stage, first, tmp_path):
+    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, bpe)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    proc = _run(recipe, "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data), "--exp-dir", str(exp),
+                "--stage", str(stage), *extra)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"stage {stage} needs " in last and f"run stage {first} first" in last, proc.stderr
+    assert not (exp / "stage1").exists() and not (exp / "stage2").exists()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_missing_data_names_data_stage(recipe, tmp_path):
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    proc = _run(recipe, "--preset", "micro", "--skip-setup", "true", "--data-dir", str(tmp_path / "d"),
+                "--exp-dir", str(tmp_path / "e"), "--stage", "3", *extra)
+    assert proc.returncode == 2
+    assert "stage 3 needs " in proc.stderr and "run stage 1 first" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("opts, launch", [
+    ([], ["-m", "asr_kd.bin.train", "--device", "auto"]),
+    (["--num-gpus", "0"], ["-m", "asr_kd.bin.train", "--device", "cpu"]),
+    (["--num-gpus", "4", "--num-nodes", "2", "--master-addr", "h1", "--master-port", "1234"],
+     ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "4", "--node-rank", "0",
+      "--rdzv-backend", "c10d", "--rdzv-endpoint", "h1:1234", "--rdzv-id", "asr-kd-teacher",
+      "-m", "asr_kd.bin.train", "--device", "cuda"]),
+])
+def test_training_launch(recipe, opts, launch, tmp_path):
+    """Stage 3's command line, recorded by a stand-in PYTHON: one process, or torchrun."""
+    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, bpe)
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    stub.chmod(0o755)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    env = dict(os.environ, PYTHON=str(stub))
+    proc = subprocess.run(["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir",
+                           str(data), "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3", *opts, *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert argv[:len(launch)] == launch
+    assert argv[len(launch):len(launch) + 3] == ["--exp-dir", str(exp / "teacher"), "--resume"]
+    assert (exp / "teacher" / ".done").is_file()
