@@ -99,6 +99,7 @@ def test_recipe_micro_end_to_end(tmp_path: Path):
     for r in rows:
         have.setdefault(r["model"], set()).add((r["test_set"], r["decoding"], r["mode"]))
     assert set(have) == {"teacher", *students}
+    assert ("train_subset", "greedy", "offline") in have["teacher"]  # the learning sanity row
     for s in EVAL_SETS:
         assert (s, "greedy", "offline") in have["teacher"]
         for name in students:
@@ -106,6 +107,14 @@ def test_recipe_micro_end_to_end(tmp_path: Path):
     for name, got in have.items():  # beam search on the test sets only
         beam_sets = {s for s, d, _ in got if d == "modified_beam_search"}
         assert beam_sets == set(TEST_SETS), (name, beam_sets)
+
+    # training learnt something: the baseline's training loss fell from its first epoch to its last
+    stats = json.loads((exp / "baseline" / "train_stats.json").read_text())["epochs"]
+    first, last = stats[min(stats, key=int)]["train"]["loss"], stats[max(stats, key=int)]["train"]["loss"]
+    assert len(stats) >= 2 and last < first, (first, last)
+    # stage 2 continued stage 1's run (schedule, optimiser state): its epochs follow stage 1's
+    s1 = int(_conf_value("micro", "stage1_epochs"))
+    assert (exp / "stage2" / f"epoch-{s1 + 1}.pt").is_file()
 
     # stage 9: the summary, the plot and the paired bootstrap
     md = (exp / "RESULTS.md").read_text()

@@ -69,23 +69,51 @@ class OurConformer(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.subsampling = encoder.subsampling
         self.output_dim = encoder.output_dim
+
+    @property
+    def subsampling(self) -> nn.Module:
+        return self.encoder.subsampling
 
     def forward(self, feats: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
         out = self.encoder(feats, lens)
         return out.out, out.lens
 
 
+class FrontendOut(nn.Module):
+    """Wraps the front end: ``"none"`` leaves it, ``"ln"`` adds a LayerNorm on its
+    output, ``"scale"`` multiplies it by sqrt(d_model)."""
+
+    def __init__(self, frontend: nn.Module, kind: str, d_model: int) -> None:
+        super().__init__()
+        self.frontend, self.kind = frontend, kind
+        self.norm = nn.LayerNorm(d_model) if kind == "ln" else nn.Identity()
+        self.scale = math.sqrt(d_model) if kind == "scale" else 1.0
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return self.norm(self.frontend(feats)) * self.scale
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.frontend, name)
+
+
 def build(args, vocab: int) -> nn.Module:
     from asr_kd.models import preset_config
     from asr_kd.models.conformer import ConformerEncoder
 
-    cfg = preset_config(args.preset, "teacher", vocab, dropout=args.dropout).encoder
+    overrides = {"num_layers": args.num_layers} if args.num_layers else {}
+    cfg = preset_config(args.preset, "teacher", vocab, dropout=args.dropout, **overrides).encoder
     if args.arch == "conformer":
-        return OurConformer(ConformerEncoder(cfg))
-    return PlainTransformer(cfg.num_features, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ff_dim,
-                            cfg.subsampling_channels, args.dropout)
+        model: nn.Module = OurConformer(ConformerEncoder(cfg))
+        model.encoder.subsampling = FrontendOut(model.encoder.subsampling, args.frontend_out, cfg.d_model)
+    else:
+        model = PlainTransformer(cfg.num_features, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ff_dim,
+                                 cfg.subsampling_channels, args.dropout)
+        model.subsampling = FrontendOut(model.subsampling, args.frontend_out, cfg.d_model)
+    return model
 
 
 def greedy_ctc(log_probs: Tensor, lens: Tensor, blank: int) -> List[List[int]]:
@@ -139,6 +167,9 @@ def main() -> None:
     p.add_argument("--max-duration", type=float, default=40.0, help="seconds of audio per batch (default 40)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
     p.add_argument("--spec-augment", type=int, default=0, help="1 = SpecAugment on (default 0)")
+    p.add_argument("--frontend-out", choices=("none", "ln", "scale"), default="none",
+                   help="what follows the front end: nothing, a LayerNorm, or x sqrt(d_model) (default none)")
+    p.add_argument("--num-layers", type=int, default=0, help="override the preset's layer count (default 0: keep)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--out", type=Path, required=True, help="TSV learning curve to write (required)")
@@ -168,7 +199,8 @@ def main() -> None:
     dev_loader = AsrDataModule(DataConfig(max_duration=100, num_workers=0)).valid_dataloader(dev)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows = ["minutes\tupdates\taudio_hours\tlr\tdev_ctc_per_frame\tdev_wer"]
+    rows = ["minutes\tupdates\taudio_hours\tlr\ttrain_ctc_per_frame\tdev_ctc_per_frame\tdev_wer"]
+    train_loss, train_frames = 0.0, 0
     print(f"{args.arch}: {nparams / 1e6:.2f} M parameters", flush=True)
     trained, updates, audio_s, next_eval, epoch = 0.0, 0, 0.0, args.eval_every * 60, 0
     done = False
@@ -186,6 +218,8 @@ def main() -> None:
             tl = torch.tensor([len(y) for y in ys])
             loss = nn.functional.ctc_loss(lp.transpose(0, 1), tgt, lens, tl, blank=tok.blank_id,
                                           reduction="sum", zero_infinity=True) / lens.sum()
+            train_loss += float(loss) * float(lens.sum())
+            train_frames += int(lens.sum())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -196,7 +230,8 @@ def main() -> None:
             if trained >= next_eval or trained >= args.minutes * 60:
                 m = evaluate(model, head, dev_loader, tok)
                 rows.append(f"{trained / 60:.2f}\t{updates}\t{audio_s / 3600:.2f}\t{lr:.2e}\t"
-                            f"{m['dev_ctc_per_frame']:.4f}\t{m['dev_wer']:.2f}")
+                            f"{train_loss / max(train_frames, 1):.4f}\t{m['dev_ctc_per_frame']:.4f}\t{m['dev_wer']:.2f}")
+                train_loss, train_frames = 0.0, 0
                 print(rows[-1], flush=True)
                 args.out.write_text("\n".join(rows) + "\n")
                 next_eval += args.eval_every * 60

@@ -25,6 +25,11 @@
 #     train_jobs (1)          2: teacher and baseline train side by side (CPU only)
 #     delay_penalty (0.005)   of the delay-penalty ablation
 #     decode_chunk_ms (chunk_size*40)  student decoding chunk sizes in ms (a list)
+#     student_decode_modes ("streaming")  greedy modes of the students: streaming (true
+#                             streaming with caches) and/or simulated-streaming
+#     beam_chunk_ms (first of decode_chunk_ms)  chunk sizes of the students' beam search
+#     train_subset_utts (100) the teacher also decodes (offline greedy) the first N
+#                             training cuts: row "train_subset", a learning sanity check (0: off)
 #     decode_threads (1), beam_size (4)
 #     decode_align ("")       "teacher": cuts without word alignments get reference
 #                             word times by forced alignment with the teacher; RESULTS
@@ -39,7 +44,10 @@ controls=${controls:-}
 kd_stage1_args=${kd_stage1_args:-}
 kd_stage2_args=${kd_stage2_args:-}
 train_args=${train_args:-}
-decode_chunk_ms=${decode_chunk_ms:-$((chunk_size * 40))}
+decode_chunk_ms=${decode_chunk_ms:-$((${chunk_size%%,*} * 40))}
+student_decode_modes=${student_decode_modes:-streaming}
+beam_chunk_ms=${beam_chunk_ms:-${decode_chunk_ms%% *}}
+train_subset_utts=${train_subset_utts:-100}
 decode_threads=${decode_threads:-1}
 train_jobs=${train_jobs:-1}
 delay_penalty=${delay_penalty:-0.005}
@@ -181,7 +189,7 @@ if run_stage 6; then
   # shellcheck disable=SC2086
   train_model 6 stage2 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage2_epochs" \
     --kd-stage output --teacher-checkpoint "$teacher_ckpt" \
-    --init-from "$exp_dir/stage1/pretrained.pt" $kd_stage2_args
+    --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" $kd_stage2_args
 fi
 
 if run_stage 7; then
@@ -197,15 +205,15 @@ if run_stage 7; then
                "${teacher_flag[@]}" $kd_stage1_args $kd_stage2_args --kd-stage joint ;;
       # Hinton-style fixed temperature instead of adaptive power smoothing, from stage 1
       temperature) train_model 7 temperature "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
-               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
                $kd_stage2_args --kd-stage output --kd-smoothing temperature ;;
       # collapsed 3-way {blank, next label, rest} distribution (Panchapagesan et al. 2021), from stage 1
       collapsed) train_model 7 collapsed "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
-               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --init-from "$exp_dir/stage1/pretrained.pt" \
+               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
                $kd_stage2_args --kd-stage output --kd-distribution collapsed ;;
       # control for variants that start from the trained baseline: the same extra epochs without KD
       baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
-               --num-epochs "$stage2_epochs" --init-from "$exp_dir/baseline/pretrained.pt" ;;
+               --num-epochs "$stage2_epochs" --continue-from "$exp_dir/baseline/epoch-$student_epochs.pt" ;;
       # the baseline trained with k2's delay penalty (no distillation): the latency reference
       delay-penalty) train_model 7 delay-penalty "${baseline_args[@]}" --delay-penalty "$delay_penalty" ;;
       *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed delay-penalty baseline-cont)" ;;
@@ -223,7 +231,7 @@ if run_stage 7; then
       # shellcheck disable=SC2086
       train_model 7 "stage2-seed$i" "${common_train_args[@]}" --seed "$s" "${student_args[@]}" \
         --num-epochs "$stage2_epochs" --kd-stage output "${teacher_flag[@]}" \
-        --init-from "$exp_dir/stage1-seed$i/pretrained.pt" $kd_stage2_args
+        --continue-from "$exp_dir/stage1-seed$i/epoch-$stage1_epochs.pt" $kd_stage2_args
     fi
     i=$((i + 1))
   done
@@ -249,7 +257,7 @@ decode_model() {
     die "decode_align=$decode_align in $conf: empty or teacher"
   fi
   out=$exp_dir/$name/decode
-  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms beam=$beam_size threads=$decode_threads"
+  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms modes=$student_decode_modes beam=$beam_size@$beam_chunk_ms subset=$train_subset_utts threads=$decode_threads"
   [ ${#align[@]} -eq 0 ] || key="$key align=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1)"
   if stage_done "$out/.done" "$key"; then
     log "stage 8: $name already decoded"
@@ -264,7 +272,7 @@ decode_model() {
     if [ "$kind" = teacher ]; then
       "${dec[@]}" --cuts "$(cuts_of "$set")" --method greedy --mode offline
     else
-      for mode in simulated-streaming streaming; do
+      for mode in $student_decode_modes; do
         # shellcheck disable=SC2086  # decode_chunk_ms may list several chunk sizes
         "${dec[@]}" --cuts "$(cuts_of "$set")" --method greedy --mode "$mode" --chunk-sizes-ms $decode_chunk_ms
       done
@@ -276,9 +284,16 @@ decode_model() {
     else
       # shellcheck disable=SC2086
       "${dec[@]}" --cuts "$(cuts_of "$set")" --method modified_beam_search --beam "$beam_size" --mode streaming \
-        --chunk-sizes-ms $decode_chunk_ms
+        --chunk-sizes-ms $beam_chunk_ms
     fi
   done
+  if [ "$kind" = teacher ] && [ "$train_subset_utts" -gt 0 ]; then
+    # does the teacher recognise its own training speech? (a model that learnt nothing fails here too)
+    "$python" -c 'import sys; from lhotse import load_manifest_lazy
+load_manifest_lazy(sys.argv[1]).subset(first=int(sys.argv[2])).to_file(sys.argv[3])' \
+      "$cuts_train" "$train_subset_utts" "$out/cuts_train_subset.jsonl.gz"
+    "${dec[@]}" --cuts "$out/cuts_train_subset.jsonl.gz" --test-set-name train_subset --method greedy --mode offline
+  fi
   mark_done "$out/.done" "$key"
 }
 
@@ -314,11 +329,13 @@ if run_stage 9; then
   else
     log "stage 9: $exp_dir/RESULTS.md and $exp_dir/wer_vs_latency.png"
     # shellcheck disable=SC2086  # eval_sets and pairs are lists
-    "$python" -m asr_kd.bin.results --results-json "$exp_dir/results.json" --test-sets $eval_sets \
+    subset_set=
+    [ "$train_subset_utts" -gt 0 ] && subset_set=train_subset
+    "$python" -m asr_kd.bin.results --results-json "$exp_dir/results.json" --test-sets $eval_sets $subset_set \
       --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
       --bootstrap $pairs --bootstrap-setting greedy-streaming \
       --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
-      --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((left_context * 40)) ms$latency_note"
+      --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((${left_context%%,*} * 40)) ms$latency_note"
     mark_done "$exp_dir/.stage9.done" "$key"
   fi
 fi

@@ -9,9 +9,11 @@
 #   0  corpus: synthesise speech + word times  -> DATA_DIR/corpus
 #   1  lhotse manifests + fbank features       -> DATA_DIR/{manifests,fbank}
 #   2  BPE model (sentencepiece)                -> DATA_DIR/lang_bpe_<bpe_vocab>
-# Presets (conf/NAME.conf): tiny (smoke, <=10 min), small (default, ~2 h 20 min
-# on 2 cores), full, micro (tests). Relative DATA_DIR/EXP_DIR are relative to
-# this recipe's directory (default data/<preset>, exp/<preset>).
+# Presets (conf/NAME.conf): small (default: closed 1k-word vocabulary, clean, <= 1 h
+# on 2 cores), long (2k words, mild degradation, ~4 h), open (open vocabulary, full
+# degradation), full (open, ~34 h of audio: GPUs), tiny (smoke), micro (tests).
+# Relative DATA_DIR/EXP_DIR are relative to this recipe's directory (default
+# data/<preset>, exp/<preset>).
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "$0")" && pwd)
@@ -38,8 +40,18 @@ if [ "$skip_setup" != true ]; then
   PYTHON=$python bash local/setup.sh --debs "$need_debs" --python true
 fi
 
+# corpus settings a preset may leave out: open vocabulary, one read per sentence, full degradation
+vocab_size=${vocab_size:-0}
+min_words=${min_words:-4}
+max_words=${max_words:-14}
+train_reads=${train_reads:-1}
+degradation=${degradation:-full}
 if run_stage 0; then
   key="$(grep '^BUILDER_VERSION' local/build_corpus.py) train=$train_utts dev=$dev_utts test_seen=$test_seen_utts test_heldout=$test_heldout_utts babble=$babble_utts seed=$corpus_seed snr=$snr_range text=$text_weights"
+  # closed-vocabulary and degradation settings join the key only when a preset sets them,
+  # so corpora built before they existed stay up to date
+  [ "$vocab_size" = 0 ] || key="$key vocab=$vocab_size words=$min_words-$max_words reads=$train_reads"
+  [ "$degradation" = full ] || key="$key degradation=$degradation"
   if stage_done "$data/.stage0.done" "$key"; then
     log "stage 0: corpus already built ($data/corpus)"
   else
@@ -48,7 +60,8 @@ if run_stage 0; then
     "$python" local/build_corpus.py --out-dir "$data/corpus" \
       --train "$train_utts" --dev "$dev_utts" --test-seen "$test_seen_utts" --test-heldout "$test_heldout_utts" \
       --num-babble "$babble_utts" --seed "$corpus_seed" --snr "$snr_range" --text-weights "$text_weights" \
-      --num-jobs "$num_jobs"
+      --vocab-size "$vocab_size" --min-words "$min_words" --max-words "$max_words" --train-reads "$train_reads" \
+      --degradation "$degradation" --num-jobs "$num_jobs"
     mark_done "$data/.stage0.done" "$key"
   fi
 fi

@@ -28,6 +28,7 @@ and renamed, the JSON last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -45,7 +46,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from closed_vocab import restrict_pool  # noqa: E402
-from synth_degrade import TARGET_SR, DegradeConfig, degrade, run_sox, speech_bounds, utt_rng  # noqa: E402
+from synth_degrade import DEGRADATION_LEVELS, TARGET_SR, DegradeConfig, degrade, run_sox, speech_bounds, utt_rng  # noqa: E402
 from synth_engines import synthesize_many  # noqa: E402
 from synth_text import Sentence, build_pool  # noqa: E402
 from synth_voices import DEFAULT_HELD_OUT, SPLITS, Plan, UttSpec, VoiceSpec, make_plan  # noqa: E402
@@ -366,7 +367,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-babble", type=int, default=40, help="sentences synthesised for the babble bank")
     p.add_argument("--text-weights", default="fortunes=0.4,kjv=0.3,wordnet=0.3",
                    help="share of each text source, e.g. fortunes=0.4,kjv=0.3,wordnet=0.3")
-    p.add_argument("--snr", default="5,30", help="additive-noise SNR range in dB: MIN,MAX")
+    p.add_argument("--degradation", default="full", choices=sorted(DEGRADATION_LEVELS),
+                   help="signal-chain level: full (default: reverb 30%%, telephone 10%%, EQ 40%%, "
+                        "SNR 5-30 dB), mild (rarer effects, SNR 15-35 dB) or clean (noise floor only)")
+    p.add_argument("--snr", default=None, help="additive-noise SNR range in dB: MIN,MAX "
+                                               "(default: the --degradation level's)")
     p.add_argument("--held-out", default=",".join(DEFAULT_HELD_OUT),
                    help="voices kept out of training (test_heldout)")
     p.add_argument("--vocab-size", type=int, default=0,
@@ -383,9 +388,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sizes = {s: getattr(args, s) for s in SPLITS}
-    lo, hi = (float(v) for v in args.snr.split(","))
+    cfg = DEGRADATION_LEVELS[args.degradation]
+    if args.snr is not None:
+        lo, hi = (float(v) for v in args.snr.split(","))
+        cfg = dataclasses.replace(cfg, snr_min=lo, snr_max=hi)
     summary = build_corpus(args.out_dir, sizes, seed=args.seed, num_jobs=args.num_jobs,
-                           num_babble=args.num_babble, cfg=DegradeConfig(snr_min=lo, snr_max=hi),
+                           num_babble=args.num_babble, cfg=cfg,
                            held_out=tuple(filter(None, args.held_out.split(","))),
                            text_weights=parse_weights(args.text_weights), vocab_size=args.vocab_size,
                            min_words=args.min_words, max_words=args.max_words, train_reads=args.train_reads)

@@ -61,6 +61,16 @@ class DegradeConfig:
         return asdict(self)
 
 
+#: named degradation levels (``build_corpus.py --degradation``); "full" is the chain above
+#: at its default settings, "mild" keeps every effect but rarer and with quieter
+#: noise, "clean" only keeps a noise floor 40-50 dB under the speech (no digital silence)
+DEGRADATION_LEVELS: Dict[str, DegradeConfig] = {
+    "full": DegradeConfig(),
+    "mild": DegradeConfig(snr_min=15.0, snr_max=35.0, p_reverb=0.15, p_telephone=0.05, p_eq=0.3),
+    "clean": DegradeConfig(snr_min=40.0, snr_max=50.0, p_reverb=0.0, p_telephone=0.0, p_eq=0.0),
+}
+
+
 def utt_rng(seed: int, utt_id: str) -> np.random.Generator:
     """The utterance's own random generator: a function of (seed, utt_id) only."""
     return np.random.default_rng(stable_hash(seed, "utt", utt_id))
