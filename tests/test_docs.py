@@ -18,16 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 300
 
-# Pages written on other branches at the same time as this test. Links to them
-# may not resolve until those branches are merged; remove each entry once its
-# file exists on main (the test then checks the link like any other).
-PENDING_LINK_TARGETS = {
-    "docs/recipes.md",
-    "docs/new_corpus.md",
-    "docs/deploy.md",
-    "egs/synth/ASR/RESULTS.md",
-}
-
 # Folders (and files) whose text must not cite documents users lack.
 CHECKED_PATHS = ("asr_kd", "tests", "tools", "docs", "egs", "README.md")
 # Written in two parts so that this file does not match itself.
@@ -92,8 +82,7 @@ def test_relative_links_resolve(doc: Path):
         dest = (doc.parent / target).resolve() if target else doc
         rel = os.path.relpath(dest, ROOT).replace(os.sep, "/")
         if not dest.exists():
-            if rel not in PENDING_LINK_TARGETS:
-                broken.append(f"{link} (no file {rel})")
+            broken.append(f"{link} (no file {rel})")
             continue
         if anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{link} (no heading #{anchor} in {rel})")

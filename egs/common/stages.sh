@@ -323,7 +323,7 @@ if run_stage 9; then
   latency_note=
   [ "$decode_align" = teacher ] &&
     latency_note="; latency: model-aligned (reference word times forced-aligned with the teacher; favours students distilled from it) where the corpus has no word alignments"
-  key="$(sha256sum "$exp_dir/results.json" | cut -d' ' -f1) sets=$eval_sets pairs=$pairs align=$decode_align"
+  key="$(sha256sum "$exp_dir/results.json" | cut -d' ' -f1) sets=$eval_sets pairs=$pairs@${decode_chunk_ms%% *} align=$decode_align"
   if stage_done "$exp_dir/.stage9.done" "$key" && [ -f "$exp_dir/RESULTS.md" ]; then
     log "stage 9: $exp_dir/RESULTS.md is up to date"
   else
@@ -331,9 +331,10 @@ if run_stage 9; then
     # shellcheck disable=SC2086  # eval_sets and pairs are lists
     subset_set=
     [ "$train_subset_utts" -gt 0 ] && subset_set=train_subset
+    bootstrap_chunk_ms=${decode_chunk_ms%% *}  # the main setting: the first decoding chunk
     "$python" -m asr_kd.bin.results --results-json "$exp_dir/results.json" --test-sets $eval_sets $subset_set \
       --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
-      --bootstrap $pairs --bootstrap-setting greedy-streaming \
+      --bootstrap $pairs --bootstrap-setting "greedy-streaming-chunk${bootstrap_chunk_ms}ms" \
       --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
       --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((${left_context%%,*} * 40)) ms$latency_note"
     mark_done "$exp_dir/.stage9.done" "$key"
