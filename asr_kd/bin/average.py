@@ -26,11 +26,11 @@ from asr_kd.train.checkpoint import epoch_checkpoints, save_averaged
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.average", description=__doc__.split("\n\n")[0])
-    p.add_argument("--exp-dir", default=None, help="experiment directory holding epoch-<e>.pt")
-    p.add_argument("--epoch", type=int, default=None, help="last epoch to average (default: newest)")
-    p.add_argument("--avg", type=int, default=1, help="number of epochs to average, ending at --epoch")
-    p.add_argument("--checkpoints", nargs="+", default=None, help="explicit checkpoint files (instead of --exp-dir)")
-    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--exp-dir", default=None, help="experiment directory holding epoch-<e>.pt (default: none; give exactly one of --exp-dir or --checkpoints)")
+    p.add_argument("--epoch", type=int, default=None, help="last epoch to average (default: the newest epoch-<e>.pt in --exp-dir)")
+    p.add_argument("--avg", type=int, default=1, help="number of epochs to average, ending at --epoch (default: %(default)s)")
+    p.add_argument("--checkpoints", nargs="+", default=None, help="explicit checkpoint files (instead of --exp-dir; default: none)")
+    p.add_argument("--out", required=True, help="output file (required)")
     return p
 
 

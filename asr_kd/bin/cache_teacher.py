@@ -27,20 +27,21 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.cache_teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher-checkpoint", required=True, help="teacher checkpoint of asr_kd.train")
+    p.add_argument("--teacher-checkpoint", required=True, help="teacher checkpoint of asr_kd.train (required)")
     p.add_argument("--cuts", action="append", required=True,
-                   help="CutSet manifest (repeat for several, e.g. train and dev)")
-    p.add_argument("--out-dir", required=True, help="cache directory")
+                   help="CutSet manifest (repeat for several, e.g. train and dev; required)")
+    p.add_argument("--out-dir", required=True, help="cache directory (required)")
     p.add_argument("--layers", type=int_list, default=(-1,),
-                   help="teacher encoder layers to store (0-based, negatives from the end; -1 = encoder output)")
-    p.add_argument("--shard-size", type=int, default=500, help="cuts per shard file")
-    p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per teacher batch")
+                   help="teacher encoder layers to store (0-based, negatives from the end; -1 = encoder output; default: -1)")
+    p.add_argument("--shard-size", type=int, default=500, help="cuts per shard file (default: %(default)s)")
+    p.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per teacher batch (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
-                   help="storage dtype (float16 halves the size, ~1e-3 relative error)")
+                   help="storage dtype (float16 halves the size, ~1e-3 relative error) (default: %(default)s)")
     p.add_argument("--on-the-fly-feats", type=str2bool, default=False,
-                   help="compute fbank from audio (must match the training run's --on-the-fly-feats)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--progress", type=str2bool, default=True)
+                   help="true/false: compute fbank from audio (must match the training run's --on-the-fly-feats) "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda; auto: cuda when available, else cpu (default: %(default)s)")
+    p.add_argument("--progress", type=str2bool, default=True, help="true/false: tqdm progress bar (default: %(default)s)")
     return p
 
 

@@ -22,15 +22,16 @@ from typing import Optional, Sequence
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.compare", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("recogs_a", type=Path, help="recogs-*.txt of system A")
-    p.add_argument("recogs_b", type=Path, help="recogs-*.txt of system B")
-    p.add_argument("--name-a", default="A")
-    p.add_argument("--name-b", default="B")
-    p.add_argument("--num-samples", type=int, default=1000, help="bootstrap replicates")
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
+                                formatter_class=argparse.HelpFormatter)
+    p.add_argument("recogs_a", type=Path, help="recogs-*.txt of system A (required)")
+    p.add_argument("recogs_b", type=Path, help="recogs-*.txt of system B (required)")
+    p.add_argument("--name-a", default="A", help="name of system A in the output (default: %(default)s)")
+    p.add_argument("--name-b", default="B", help="name of system B in the output (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=1000, help="bootstrap replicates (default: %(default)s)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence level of the interval (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result as JSON here (default: none, print only)")
     return p
 
 

@@ -144,14 +144,17 @@ def compute_fbank(cuts_path: Path, out_cuts: Path, storage: Path, num_jobs: int 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cuts", type=Path, required=True, help="input CutSet with recordings")
-    p.add_argument("--out-cuts", type=Path, required=True, help="output CutSet with features")
-    p.add_argument("--storage", type=Path, required=True, help="directory for feature files")
-    p.add_argument("--num-jobs", type=int, default=1)
+    p.add_argument("--cuts", type=Path, required=True, help="input CutSet with recordings (required)")
+    p.add_argument("--out-cuts", type=Path, required=True, help="output CutSet with features; if it exists nothing is done unless --force (required)")
+    p.add_argument("--storage", type=Path, required=True, help="directory for feature files (required)")
+    p.add_argument("--num-jobs", type=int, default=1,
+                   help="worker processes, one torch thread each; values < 1 count as 1 (default: %(default)s)")
     p.add_argument("--speed-perturb", type=str, default="",
                    help="comma-separated extra speed factors, e.g. 0.9,1.1 (default: none)")
-    p.add_argument("--storage-type", choices=_STORAGE_TYPES, default="lilcom_chunky")
-    p.add_argument("--force", action="store_true", help="recompute even if --out-cuts exists")
+    p.add_argument("--storage-type", choices=_STORAGE_TYPES, default="lilcom_chunky",
+                   help="feature storage: lilcom_chunky (lossy, compact; needs the lilcom package) or "
+                        "numpy_files (exact float32) (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="recompute even if --out-cuts exists (flag; default: off)")
     return p
 
 

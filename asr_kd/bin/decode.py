@@ -39,44 +39,48 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.decode", description=__doc__.split("\n")[0])
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", nargs="+", type=Path, default=None,
-                   help="checkpoint file(s); several are averaged")
+                   help="checkpoint file(s); several are averaged (default: none; give this or --exp-dir with --epoch)")
     g.add_argument("--exp-dir", type=Path, default=None,
-                   help="with --epoch: use <exp-dir>/epoch-<n>.pt checkpoints")
-    g.add_argument("--epoch", type=int, default=None, help="last epoch to use (with --exp-dir)")
+                   help="with --epoch: use <exp-dir>/epoch-<n>.pt checkpoints (default: none)")
+    g.add_argument("--epoch", type=int, default=None, help="last epoch to use (with --exp-dir; default: none)")
     g.add_argument("--avg", type=int, default=1,
-                   help="average the checkpoints of epochs epoch-avg+1 .. epoch (with --exp-dir)")
+                   help="average the checkpoints of epochs epoch-avg+1 .. epoch (with --exp-dir) (default: %(default)s)")
     g.add_argument("--bpe-model", type=Path, default=None,
                    help="sentencepiece model (default: the one recorded in the checkpoint)")
     g.add_argument("--model-name", default=None,
                    help="row name, also part of the output file names (default: exp dir / checkpoint stem)")
-    g.add_argument("--device", default="cpu", help="cpu | cuda[:n] (default %(default)s)")
+    g.add_argument("--device", default="cpu", help="cpu | cuda[:n] (default: %(default)s)")
     g = p.add_argument_group("data")
-    g.add_argument("--cuts", type=Path, required=True, help="lhotse CutSet manifest with audio")
-    g.add_argument("--test-set-name", default=None, help="default: the manifest's name")
+    g.add_argument("--cuts", type=Path, required=True, help="lhotse CutSet manifest with audio (required)")
+    g.add_argument("--test-set-name", default=None, help="test set name in rows and file names (default: the manifest's name)")
     g = p.add_argument_group("decoding")
     g.add_argument("--method", choices=("greedy", "modified_beam_search"), default="greedy",
-                   help="(default %(default)s)")
-    g.add_argument("--beam", type=int, default=4, help="beam size of modified_beam_search (default %(default)s)")
-    g.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy: most tokens one frame may emit (default %(default)s)")
+                   help="search method (default: %(default)s)")
+    g.add_argument("--beam", type=int, default=4, help="beam size of modified_beam_search (default: %(default)s)")
+    g.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy: most tokens one frame may emit (default: %(default)s)")
     g.add_argument("--mode", choices=("offline", "simulated-streaming", "streaming"), default="offline",
-                   help="(default %(default)s)")
+                   help="offline (full context), simulated-streaming (chunk masks on whole utterances) or "
+                        "streaming (chunk by chunk with caches) (default: %(default)s)")
     g.add_argument("--chunk-sizes-ms", nargs="+", default=None,
                    help="chunk sizes in ms (multiples of 40), e.g. 320 640 or 320,640; "
-                        "default: the model's training chunk")
+                        "(default: the model's first training chunk size)")
     g.add_argument("--left-context-ms", "--left-context", dest="left_context_ms", type=int, default=None,
-                   help="left context in ms (multiple of 40; -1 = unlimited); default: the model's")
+                   help="left context in ms (multiple of 40; -1 = unlimited) (default: the model's first training "
+                        "left context)")
     g.add_argument("--max-duration", type=float, default=200.0,
-                   help="offline/simulated: seconds of audio per batch (default %(default)s)")
-    g.add_argument("--num-streams", type=int, default=32, help="streaming: streams decoded together (default %(default)s)")
-    g.add_argument("--num-threads", type=int, default=1, help="torch threads, stated in the rows (default %(default)s)")
+                   help="offline/simulated: seconds of audio per batch (default: %(default)s)")
+    g.add_argument("--num-streams", type=int, default=32, help="streaming: streams decoded together (default: %(default)s)")
+    g.add_argument("--num-threads", type=int, default=1, help="torch threads, stated in the rows (default: %(default)s)")
     g = p.add_argument_group("latency references")
     g.add_argument("--align-checkpoint", nargs="+", type=Path, default=None,
                    help="fallback when the corpus has no word alignments: forced-align the "
-                        "transcripts with this model (favours students copying its timing)")
+                        "transcripts with this model (favours students copying its timing) (default: none, the "
+                        "corpus alignments)")
     g = p.add_argument_group("output")
-    g.add_argument("--out-dir", type=Path, required=True)
-    g.add_argument("--results-json", type=Path, default=None, help="default: <out-dir>/results.json")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    g.add_argument("--out-dir", type=Path, required=True,
+                   help="directory for the recogs/errs/wer-summary/timings files (required)")
+    g.add_argument("--results-json", type=Path, default=None, help="results file to insert/update the rows in (default: <out-dir>/results.json)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar (flag; default: off, the bar is shown)")
     g.add_argument("--strict", action="store_true",
                    help="stop at the first cut whose audio cannot be read (default: name it in the log, "
                         "decode it as an empty hypothesis and count it in num_empty_by_bad_audio)")

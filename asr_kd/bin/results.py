@@ -38,20 +38,23 @@ log = logging.getLogger("asr_kd.results")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.results", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results-json", type=Path, required=True)
-    p.add_argument("--test-sets", nargs="+", required=True, help="evaluation sets, in table order")
-    p.add_argument("--out-md", type=Path, required=True)
-    p.add_argument("--out-png", type=Path, required=True)
+    p.add_argument("--results-json", type=Path, required=True,
+                   help="results.json written by asr_kd.bin.decode (required)")
+    p.add_argument("--test-sets", nargs="+", required=True, help="evaluation sets, in table order (required)")
+    p.add_argument("--out-md", type=Path, required=True, help="output RESULTS.md (required)")
+    p.add_argument("--out-png", type=Path, required=True,
+                   help="output WER-against-latency plot, PNG (required)")
     p.add_argument("--exp-dir", type=Path, default=None,
                    help="where the model directories live: <model>/decode/recogs-* (bootstrap) and "
-                        "<model>/train_stats.json (Stage-2 smoothing statistics of output-KD models)")
+                        "<model>/train_stats.json (Stage-2 smoothing statistics of output-KD models); "
+                        "default: none (no bootstrap, no statistics section)")
     p.add_argument("--kd-stats-json", type=Path, default=None,
                    help="where the output-KD training statistics go as JSON (needs --exp-dir; "
                         "default: kd_stats.json next to --out-md)")
-    p.add_argument("--bootstrap", nargs="*", default=[], help="model pairs A:B for the paired bootstrap")
+    p.add_argument("--bootstrap", nargs="*", default=[], help="model pairs A:B for the paired bootstrap (needs --exp-dir; default: none)")
     p.add_argument("--bootstrap-setting", default="greedy-streaming",
-                   help="decoding setting prefix of the recogs files to compare (default %(default)s)")
-    p.add_argument("--header", action="append", default=[], help="a line for the top of RESULTS.md (repeatable)")
+                   help="decoding setting prefix of the recogs files to compare (default: %(default)s)")
+    p.add_argument("--header", action="append", default=[], help="a line for the top of RESULTS.md (repeatable; default: none)")
     return p
 
 

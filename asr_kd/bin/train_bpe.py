@@ -19,14 +19,16 @@ from asr_kd.data.tokenizer import Tokenizer, train_bpe
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--transcripts", type=Path, required=True, help="text file, one transcript per line")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--transcripts", type=Path, required=True, help="text file, one transcript per line (required)")
+    p.add_argument("--out-dir", type=Path, required=True,
+                   help="output directory for bpe.model, bpe.vocab and bpe.json (required)")
     p.add_argument("--vocab-size", type=int, required=True,
-                   help="number of pieces including <blk> and <unk>")
-    p.add_argument("--character-coverage", type=float, default=1.0)
+                   help="number of pieces including <blk> and <unk> (required)")
+    p.add_argument("--character-coverage", type=float, default=1.0,
+                   help="share of characters the model covers, passed to sentencepiece (default: %(default)s)")
     p.add_argument("--num-threads", type=int, default=1,
-                   help="sentencepiece threads (1 keeps the model bit-reproducible)")
-    p.add_argument("--force", action="store_true", help="retrain even if the model is up to date")
+                   help="sentencepiece threads (1 keeps the model bit-reproducible) (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="retrain even if the model is up to date (flag; default: off)")
     return p
 
 

@@ -47,82 +47,83 @@ def int_list(v: str) -> tuple[int, ...]:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """All flags of transducer training (not the KD ones)."""
     g = parser.add_argument_group("experiment and data")
-    g.add_argument("--exp-dir", required=True, help="checkpoints, logs and tensorboard go here")
-    g.add_argument("--cuts-train", required=True, help="lhotse CutSet manifest of the training data")
-    g.add_argument("--cuts-valid", default=None, help="CutSet for the per-epoch validation loss")
-    g.add_argument("--bpe-model", required=True, help="sentencepiece model (asr_kd.bin.train_bpe)")
-    g.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch")
-    g.add_argument("--num-buckets", type=int, default=30, help="DynamicBucketingSampler buckets")
-    g.add_argument("--num-workers", type=int, default=2, help="data loader workers (0: main process)")
-    g.add_argument("--spec-augment", type=str2bool, default=True, help="SpecAugment on training batches")
-    g.add_argument("--noise-cuts", default=None, help="CutSet of noise recordings to mix in")
+    g.add_argument("--exp-dir", required=True, help="checkpoints, logs and tensorboard go here (required)")
+    g.add_argument("--cuts-train", required=True, help="lhotse CutSet manifest of the training data (required)")
+    g.add_argument("--cuts-valid", default=None, help="CutSet for the per-epoch validation loss (default: none, no validation)")
+    g.add_argument("--bpe-model", required=True, help="sentencepiece model (asr_kd.bin.train_bpe) (required)")
+    g.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch (default: %(default)s)")
+    g.add_argument("--num-buckets", type=int, default=30, help="DynamicBucketingSampler buckets (default: %(default)s)")
+    g.add_argument("--num-workers", type=int, default=2, help="data loader workers (0: main process) (default: %(default)s)")
+    g.add_argument("--spec-augment", type=str2bool, default=True, help="true/false: SpecAugment on training batches (default: %(default)s)")
+    g.add_argument("--noise-cuts", default=None, help="CutSet of noise recordings to mix in (default: none, no noise)")
     g.add_argument("--speed-perturb", type=str2bool, default=False,
-                   help="add 0.9x/1.1x copies (needs --on-the-fly-feats true)")
+                   help="true/false: add 0.9x/1.1x copies (needs --on-the-fly-feats true) (default: %(default)s)")
     g.add_argument("--on-the-fly-feats", type=str2bool, default=False,
-                   help="compute fbank from audio instead of reading stored features")
+                   help="true/false: compute fbank from audio instead of reading stored features (default: %(default)s)")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="small", choices=("tiny", "small", "full", "large"), help="model size")
+    g.add_argument("--preset", default="small", choices=("tiny", "small", "full", "large"), help="model size (default: %(default)s)")
     g.add_argument("--causal", type=str2bool, default=False,
-                   help="false: full-context teacher; true: chunk-wise streaming student")
+                   help="true/false; false: full-context teacher; true: chunk-wise streaming student (default: %(default)s)")
     g.add_argument("--chunk-size", type=int_list, default=None,
                    help="student chunk sizes in encoder frames (x40 ms), e.g. 16 or 16,8,32; "
-                        "first = decoding default (preset: 16 = 640 ms)")
+                        "first = decoding default (default: the preset's, 16 = 640 ms)")
     g.add_argument("--left-context", type=int_list, default=None,
-                   help="student left contexts in encoder frames, -1 = unlimited (preset: 64 = 2.56 s)")
+                   help="student left contexts in encoder frames, -1 = unlimited (default: the preset's, 64 = 2.56 s)")
     g.add_argument("--dynamic-chunk", type=str2bool, default=None,
-                   help="draw chunk size/left context per batch from the lists "
+                   help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")
-    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (default: the preset's)")
 
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based)")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW decoupled weight decay (matrices)")
-    g.add_argument("--warmup-batches", type=int, default=500, help="linear LR warm-up length")
-    g.add_argument("--lr-batches", type=float, default=5000.0, help="batch decay constant of the LR")
-    g.add_argument("--lr-epochs", type=float, default=6.0, help="epoch decay constant of the LR")
-    g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off)")
+    g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based) (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW) (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW decoupled weight decay (matrices) (default: %(default)s)")
+    g.add_argument("--warmup-batches", type=int, default=500, help="linear LR warm-up length in batches (default: %(default)s)")
+    g.add_argument("--lr-batches", type=float, default=5000.0, help="batch decay constant of the LR (default: %(default)s)")
+    g.add_argument("--lr-epochs", type=float, default=6.0, help="epoch decay constant of the LR (default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off) (default: %(default)s)")
     g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
-                   help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32")
-    g.add_argument("--seed", type=int, default=42)
+                   help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32 (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     g.add_argument("--max-bad-batches", type=int, default=10,
-                   help="abort after this many consecutive non-finite batches")
+                   help="abort after this many consecutive non-finite batches (default: %(default)s)")
     add_loss_arguments(parser)
 
     g = parser.add_argument_group("checkpoints and logging")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue this run: from the newest loadable checkpoint of --exp-dir (no value; "
                         "unreadable ones are skipped with a warning) or from the given file. The settings "
-                        "must equal the checkpoint's (see --allow-changed-settings)")
+                        "must equal the checkpoint's (see --allow-changed-settings). Default: a fresh run")
     g.add_argument("--overwrite", action="store_true",
                    help="start a fresh run even though --exp-dir holds another run's checkpoints: they are "
                         "moved (not deleted) to <exp-dir>/replaced-<time>-<run id>/. Without it such a "
-                        "start is refused")
+                        "start is refused (flag; default: off)")
     g.add_argument("--allow-changed-settings", action="store_true",
                    help="let --resume continue although settings that change training (lr, loss weights, "
-                        "KD flags, data, seed, ...) differ from the checkpoint's; each is logged")
+                        "KD flags, data, seed, ...) differ from the checkpoint's; each is logged (flag; default: off)")
     g.add_argument("--init-from", default=None,
                    help="initialise the model weights from this checkpoint (no optimiser state; LR warm-up, "
-                        "loss warm-up and the CTC head start afresh)")
+                        "loss warm-up and the CTC head start afresh) (default: none, random initialisation)")
     g.add_argument("--continue-from", default=None, metavar="CKPT",
                    help="start a new run (new --exp-dir) from the full training state of the epoch "
                         "checkpoint CKPT (epoch-<e>.pt of another run): model, CTC head, optimizer moments "
                         "of parameters present in both runs (new ones, e.g. KD projections, start fresh), "
                         "LR schedule and the batch count driving --warm-step and the delay-penalty gate. "
-                        "Epochs continue counting: this run trains epochs e+1 .. e+--num-epochs")
-    g.add_argument("--save-every-n", type=int, default=2000, help="checkpoint every N batches (0: off)")
-    g.add_argument("--keep-last-k", type=int, default=5, help="batch checkpoints to keep (0: all)")
+                        "Epochs continue counting: this run trains epochs e+1 .. e+--num-epochs (default: none)")
+    g.add_argument("--save-every-n", type=int, default=2000, help="checkpoint every N batches (0: off) (default: %(default)s)")
+    g.add_argument("--keep-last-k", type=int, default=5, help="batch checkpoints to keep (0: all) (default: %(default)s)")
     g.add_argument("--avg", type=int, default=1,
-                   help="pretrained.pt = average of the last N epoch checkpoints (0: none)")
-    g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
-    g.add_argument("--tensorboard", type=str2bool, default=True)
-    g.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar")
+                   help="pretrained.pt = average of the last N epoch checkpoints (0: none) (default: %(default)s)")
+    g.add_argument("--log-interval", type=int, default=50, help="batches between log lines (default: %(default)s)")
+    g.add_argument("--tensorboard", type=str2bool, default=True,
+                   help="true/false: write tensorboard logs to <exp-dir>/tensorboard (default: %(default)s)")
+    g.add_argument("--progress", type=str2bool, default=True, help="true/false: tqdm progress bar (default: %(default)s)")
 
     g = parser.add_argument_group("devices")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda (DDP: one GPU per process)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda (DDP: one GPU per process); auto: cuda when available, else cpu (default: %(default)s)")
     g.add_argument("--find-unused-parameters", type=str2bool, default=False,
-                   help="DistributedDataParallel find_unused_parameters")
+                   help="true/false: DistributedDataParallel find_unused_parameters (default: %(default)s)")
 
 
 def build_parser(with_kd: bool = True) -> argparse.ArgumentParser:
@@ -130,7 +131,6 @@ def build_parser(with_kd: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m asr_kd.bin.train",
         description="Train a transducer teacher (--causal false) or streaming student (--causal true).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_training_arguments(parser)
     if with_kd:

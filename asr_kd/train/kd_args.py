@@ -176,35 +176,35 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
                    help="hidden: stage 1 (transducer + lambda_h MSE); output: stage 2 (transducer + lambda_o KL "
                         "over the pruned lattice); joint: one-stage baseline (both). Default: no distillation")
     g.add_argument("--teacher-checkpoint", default=None,
-                   help="teacher checkpoint of asr_kd.train (e.g. exp/teacher/pretrained.pt); required with --kd-stage")
+                   help="teacher checkpoint of asr_kd.train (e.g. exp/teacher/pretrained.pt); required with --kd-stage (default: none)")
     g.add_argument("--teacher-cache", default=None,
                    help="directory written by python -m asr_kd.bin.cache_teacher: teacher encoder outputs and "
-                        "hidden layers read from disk instead of running the teacher encoder")
+                        "hidden layers read from disk instead of running the teacher encoder (default: none, the teacher runs)")
     g.add_argument("--kd-hidden-layers", type=_layer_pairs_type, default=((-1, -1),),
                    help="student:teacher encoder layer pairs, 0-based, negatives from the end, e.g. '2:5,-1:-1' "
-                        "(-1 = the encoder output)")
+                        "(-1 = the encoder output) (default: -1:-1)")
     g.add_argument("--kd-hidden-scale", type=float, default=DEFAULT_HIDDEN_SCALE,
-                   help="lambda_h, weight of the hidden MSE (mean over frames, dims and layer pairs)")
+                   help="lambda_h, weight of the hidden MSE (mean over frames, dims and layer pairs) (default: %(default)s)")
     g.add_argument("--kd-output-scale", type=float, default=DEFAULT_OUTPUT_SCALE,
-                   help="lambda_o, weight of the output KL (sum over valid pruned nodes / encoder frames)")
+                   help="lambda_o, weight of the output KL (sum over valid pruned nodes / encoder frames) (default: %(default)s)")
     g.add_argument("--kd-projection", default="auto", choices=("auto", "true", "false"),
-                   help="learned Linear on the student side of each layer pair (auto: only when dims differ)")
+                   help="learned Linear on the student side of each layer pair (auto: only when dims differ) (default: %(default)s)")
     g.add_argument("--kd-smoothing", default="adaptive-power", choices=SMOOTHING_METHODS,
-                   help="teacher smoothing: adaptive-power (the method), temperature (Hinton), none")
+                   help="teacher smoothing: adaptive-power (the method), temperature (Hinton), none (default: %(default)s)")
     g.add_argument("--kd-temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   help="tau for --kd-smoothing temperature (teacher and student tempered, KL x tau^2)")
+                   help="tau for --kd-smoothing temperature (teacher and student tempered, KL x tau^2) (default: %(default)s)")
     g.add_argument("--kd-target-entropy", type=float, default=DEFAULT_TARGET_ENTROPY,
-                   help="target entropy H* (nats) of adaptive-power smoothing")
+                   help="target entropy H* (nats) of adaptive-power smoothing (default: %(default)s)")
     g.add_argument("--kd-alpha-min", type=float, default=DEFAULT_ALPHA_MIN,
-                   help="lower bound of the adaptive power alpha (effective temperature <= 1/alpha_min)")
+                   help="lower bound of the adaptive power alpha (effective temperature <= 1/alpha_min) (default: %(default)s)")
     g.add_argument("--kd-distribution", default="full", choices=("full", "collapsed"),
-                   help="full vocabulary, or the collapsed 3-way {blank, next label, rest} baseline")
+                   help="full vocabulary, or the collapsed 3-way {blank, next label, rest} baseline (default: %(default)s)")
     g.add_argument("--kd-ranges", default="student", choices=("student", "teacher"),
-                   help="whose simple-loss pruning ranges define the lattice nodes of the KL")
+                   help="whose simple-loss pruning ranges define the lattice nodes of the KL (default: %(default)s)")
     g.add_argument("--kd-occupancy", type=_str2bool, default=False,
-                   help="weight KL nodes by the (detached) simple-lattice occupancy of the range owner")
+                   help="true/false: weight KL nodes by the (detached) simple-lattice occupancy of the range owner (default: %(default)s)")
     g.add_argument("--kd-teacher-input", default="clean", choices=("clean", "augmented"),
-                   help="teacher input: clean (before SpecAugment/noise) or the student's augmented features")
+                   help="teacher input: clean (before SpecAugment/noise) or the student's augmented features (default: %(default)s)")
 
 
 def kd_config_from_args(args: argparse.Namespace) -> KDConfig:

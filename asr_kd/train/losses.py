@@ -258,20 +258,20 @@ class TransducerLossComputer:
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     """The transducer-loss flags (see TransducerLossConfig)."""
     g = parser.add_argument_group("transducer loss")
-    g.add_argument("--prune-range", type=int, default=5, help="pruned-loss symbol range R (>= 2)")
-    g.add_argument("--am-scale", type=float, default=0.0, help="am_only_scale of the smoothed simple loss")
-    g.add_argument("--lm-scale", type=float, default=0.25, help="lm_only_scale of the smoothed simple loss")
+    g.add_argument("--prune-range", type=int, default=5, help="pruned-loss symbol range R (>= 2) (default: %(default)s)")
+    g.add_argument("--am-scale", type=float, default=0.0, help="am_only_scale of the smoothed simple loss (default: %(default)s)")
+    g.add_argument("--lm-scale", type=float, default=0.25, help="lm_only_scale of the smoothed simple loss (default: %(default)s)")
     g.add_argument("--simple-loss-scale", type=float, default=0.5,
-                   help="weight of the simple loss after the warm-up (starts at 1)")
+                   help="weight of the simple loss after the warm-up (starts at 1) (default: %(default)s)")
     g.add_argument("--pruned-scale-start", type=float, default=0.1,
-                   help="weight of the pruned loss at step 0 (ends at 1)")
+                   help="weight of the pruned loss at step 0 (ends at 1) (default: %(default)s)")
     g.add_argument("--warm-step", type=int, default=2000,
-                   help="batches over which the two loss weights reach their final values")
+                   help="batches over which the two loss weights reach their final values (default: %(default)s)")
     g.add_argument("--delay-penalty", type=float, default=0.0,
                    help="k2 delay penalty on both transducer losses, applied from --warm-step on "
-                        "(0: off; the k2 authors tried 0.0015-0.01)")
+                        "(0: off; the k2 authors tried 0.0015-0.01) (default: %(default)s)")
     g.add_argument("--ctc-scale", type=float, default=0.0,
-                   help="weight of an auxiliary CTC loss on the encoder output (0: off)")
+                   help="weight of an auxiliary CTC loss on the encoder output (0: off) (default: %(default)s)")
 
 
 def transducer_loss_config(args: argparse.Namespace) -> TransducerLossConfig:
