@@ -109,7 +109,8 @@ def test_librispeech_recipe_micro_end_to_end(tmp_path: Path):
     # reference word times: the alignment files where given, else forced alignment with the teacher
     refs = {(r["test_set"], r["ref_times"]) for r in rows}
     assert refs == {("test-clean", "corpus"), ("test-other", "forced-alignment:pretrained.pt"),
-                    ("dev-clean", "forced-alignment:pretrained.pt")}, refs
+                    ("dev-clean", "forced-alignment:pretrained.pt"),
+                    ("train_subset", "forced-alignment:pretrained.pt")}, refs  # the teacher's learning check
     md = (exp / "RESULTS.md").read_text()
     assert "## test-clean" in md and "## test-other" in md and "model-aligned" in md
     assert (exp / "wer_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
