@@ -129,6 +129,18 @@ def greedy_ctc(log_probs: Tensor, lens: Tensor, blank: int) -> List[List[int]]:
     return out
 
 
+def ctc_forward(model: nn.Module, head: nn.Module, batch: dict, tok) -> tuple[Tensor, Tensor, Tensor]:
+    """(summed CTC loss of the batch, log-probs (B,T',V), encoder lengths (B,))."""
+    enc, lens = model(batch["features"], batch["feature_lens"])
+    lp = head(enc).log_softmax(-1)
+    ys = tok.encode(batch["texts"])
+    tgt = torch.tensor([t for y in ys for t in y], dtype=torch.long)
+    tl = torch.tensor([len(y) for y in ys])
+    loss = nn.functional.ctc_loss(lp.transpose(0, 1), tgt, lens, tl, blank=tok.blank_id,
+                                  reduction="sum", zero_infinity=True)
+    return loss, lp, lens
+
+
 def evaluate(model, head, loader, tok) -> Dict[str, float]:
     from asr_kd.metrics.wer import utterance_errors
 
@@ -136,13 +148,8 @@ def evaluate(model, head, loader, tok) -> Dict[str, float]:
     loss_sum, frames, errs, words = 0.0, 0, 0, 0
     with torch.no_grad():
         for batch in loader:
-            enc, lens = model(batch["features"], batch["feature_lens"])
-            lp = head(enc).log_softmax(-1)
-            ys = tok.encode(batch["texts"])
-            tgt = torch.tensor([t for y in ys for t in y], dtype=torch.long)
-            tl = torch.tensor([len(y) for y in ys])
-            loss_sum += float(nn.functional.ctc_loss(lp.transpose(0, 1), tgt, lens, tl, blank=tok.blank_id,
-                                                     reduction="sum", zero_infinity=True))
+            loss, lp, lens = ctc_forward(model, head, batch, tok)
+            loss_sum += float(loss)
             frames += int(lens.sum())
             for text, hyp in zip(batch["texts"], greedy_ctc(lp, lens, tok.blank_id)):
                 e = utterance_errors(text.split(), tok.decode(hyp).split())
@@ -211,13 +218,8 @@ def main() -> None:
             lr = args.lr * min(1.0, (updates + 1) / args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            enc, lens = model(batch["features"], batch["feature_lens"])
-            lp = head(enc).log_softmax(-1)
-            ys = tok.encode(batch["texts"])
-            tgt = torch.tensor([t for y in ys for t in y], dtype=torch.long)
-            tl = torch.tensor([len(y) for y in ys])
-            loss = nn.functional.ctc_loss(lp.transpose(0, 1), tgt, lens, tl, blank=tok.blank_id,
-                                          reduction="sum", zero_infinity=True) / lens.sum()
+            loss_sum, _, lens = ctc_forward(model, head, batch, tok)
+            loss = loss_sum / lens.sum()
             train_loss += float(loss) * float(lens.sum())
             train_frames += int(lens.sum())
             opt.zero_grad()
