@@ -24,7 +24,7 @@ from asr_kd.data.testing import make_synthetic_cuts, write_transcripts  # noqa: 
 from asr_kd.data.tokenizer import Tokenizer, train_bpe  # noqa: E402
 from asr_kd.decode import StreamingDecoder, encode, search  # noqa: E402
 from asr_kd.export import sherpa  # noqa: E402
-from asr_kd.export.metadata import UNK_SYMBOL, read_metadata  # noqa: E402
+from asr_kd.export.metadata import UNK_SYMBOL, read_metadata, write_tokens  # noqa: E402
 from asr_kd.export.onnx_streaming import OnnxStreamingEncoder, export_streaming  # noqa: E402
 from asr_kd.models import build_transducer, preset_config  # noqa: E402
 
@@ -179,12 +179,10 @@ def test_unlimited_left_context_is_refused(setup, tmp_path, capsys):
     assert "--chunk-ms must be a positive multiple of 40" in capsys.readouterr().err
 
 
-def test_tokens_txt_matches_bpe(setup):
-    out = setup["dir"] / "student-4-8"
-    if not out.is_dir():
-        pytest.skip("needs the streaming export of test_sherpa_streaming_equals_streaming_decoder")
+def test_tokens_txt_matches_bpe(setup, tmp_path):
     tok = Tokenizer(setup["bpe"])
-    ids = sherpa.read_token_ids(out / "tokens.txt", as_sherpa_reports=False)
+    tokens = write_tokens(setup["bpe"], tmp_path / "tokens.txt", tok.vocab_size)
+    ids = sherpa.read_token_ids(tokens, as_sherpa_reports=False)
     assert ids == {(UNK_SYMBOL if i == 1 else tok.id_to_piece(i)): i for i in range(tok.vocab_size)}
     assert ids["<blk>"] == 0 and "<unk>" not in ids
 
