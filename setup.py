@@ -24,8 +24,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        # ONNX export (TorchScript exporter: no onnxscript needed), int8 quantisation, sherpa-onnx runtime
-        "export": ["onnx>=1.14", "onnxruntime>=1.16", "sherpa-onnx>=1.10"],
+        # ONNX export (TorchScript exporter: no onnxscript needed), int8 quantisation, sherpa-onnx runtime.
+        # Tested: onnx 1.23.2, onnxruntime 1.32.0, sherpa-onnx 2.0.1 (docs/deploy.md). onnxruntime >= 1.20:
+        # older wheels are built against numpy 1 and crash at import beside numpy 2 (1.16.3 seen).
+        "export": ["onnx>=1.14", "onnxruntime>=1.20", "sherpa-onnx>=1.10"],
     },
     entry_points={},
 )

@@ -26,6 +26,7 @@ from asr_kd.decode import StreamingDecoder, encode, search  # noqa: E402
 from asr_kd.export import sherpa  # noqa: E402
 from asr_kd.export.metadata import UNK_SYMBOL, read_metadata, write_tokens  # noqa: E402
 from asr_kd.export.onnx_streaming import OnnxStreamingEncoder, export_streaming  # noqa: E402
+from asr_kd.metrics.wer import corpus_wer  # noqa: E402
 from asr_kd.models import build_transducer, preset_config  # noqa: E402
 
 TAIL_SILENCE = 8000  # 0.5 s of zeros appended to every test utterance (the documented tail convention)
@@ -68,7 +69,8 @@ def setup(tmp_path_factory):
     _bias_joiner(student, wavs[0], chunk_size=4, left_context=8)
     torch.manual_seed(2)
     teacher = _bias_joiner(build_transducer(preset_config("tiny", "teacher", vocab_size=20)), wavs[0])
-    return {"dir": d, "bpe": bpe, "wavs": wavs, "student": student, "teacher": teacher,
+    return {"dir": d, "bpe": bpe, "wavs": wavs, "texts": [c.supervisions[0].text for c in cuts],
+            "student": student, "teacher": teacher,
             "student_ckpt": _save(student, bpe, d / "student.pt"),
             "teacher_ckpt": _save(teacher, bpe, d / "teacher.pt")}
 
@@ -148,21 +150,69 @@ def test_sherpa_offline_teacher_equals_offline_decode(setup):
         assert got == ref and got
 
 
-def test_int8_copies_load_and_stay_close(setup):
-    out = setup["dir"] / "int8"
-    assert export_onnx.main(["--checkpoint", str(setup["student_ckpt"]), "--out-dir", str(out), "--int8"]) == 0
+@pytest.fixture(scope="module")
+def trained_student(setup):
+    """A tiny student trained (150 full-batch Adam steps, ~5 s) until it recognises its 5 utterances.
+
+    int8 against fp32 means something only on a model whose decisions are not
+    near ties, which a random model's are.
+    """
+    tok = Tokenizer(setup["bpe"])
+    wavs = setup["wavs"]
+    feats = [compute_online_fbank(w) for w in wavs]
+    lens = torch.tensor([f.size(0) for f in feats])
+    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    y = tok.encode(setup["texts"])
+    torch.manual_seed(1)
+    model = build_transducer(preset_config("tiny", "student", vocab_size=20, chunk_sizes=(4,), left_contexts=(8,)))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(150):
+        out = model(batch, lens, y, chunk_size=4, left_context=8)
+        loss = (0.5 * out.simple_loss + min(1.0, step / 50) * out.pruned_loss) / out.num_frames
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+    model.eval()
+    out_dir = setup["dir"] / "trained-int8"
+    ckpt = _save(model, setup["bpe"], setup["dir"] / "trained.pt")
+    assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(out_dir), "--int8"]) == 0
+    return {"model": model, "dir": out_dir, "refs": y, "feats": feats}
+
+
+def test_int8_copies_keep_metadata_and_transcripts(setup, trained_student):
+    """int8 decodes what fp32 decodes on a trained model, and its encoder error stays small.
+
+    The bound on the encoder output (5% of max |fp32|) is justified by what
+    the quantisation can and cannot do: 8-bit per-tensor dynamic quantisation
+    without saturation measured 0.8-1.3% on tiny and small encoders
+    (onnxruntime 1.20 to 1.32), while the int16 saturation of ONNX Runtime's
+    signed-weight kernel on AVX2 CPUs without VNNI gave 19% in an emulation
+    (see asr_kd/export/quantize.py): the bound separates the two.
+    """
+    out, model = trained_student["dir"], trained_student["model"]
     for name in ("encoder", "decoder", "joiner"):
         fp32_meta = read_metadata(out / f"{name}.onnx")
         assert fp32_meta.items() <= read_metadata(out / f"{name}.int8.onnx").items()
-    x = torch.randn(1, 19, 80).numpy() - 8.0
-    kv = np.zeros((2, 16, 1, 64), np.float32)
-    conv = np.zeros((2, 6, 1, 64), np.float32)
-    feeds = {"x": x, "cached_kv": kv, "cached_conv": conv, "processed_frames": np.zeros(1, np.int64)}
+    ids = sherpa.read_token_ids(out / "tokens.txt")
+    fp32_rec, int8_rec = sherpa.online_recognizer(out), sherpa.online_recognizer(out, int8=True)
+    fp32_hyps = [sherpa.decode_online(fp32_rec, _padded(w), ids) for w in setup["wavs"]]
+    int8_hyps = [sherpa.decode_online(int8_rec, _padded(w), ids) for w in setup["wavs"]]
+    def token_error_rate(hyps):
+        return corpus_wer((list(map(str, r)), list(map(str, h))) for r, h in zip(trained_student["refs"], hyps)).wer
+
+    # the model has learnt its utterances (otherwise the comparison below says nothing)
+    assert token_error_rate(fp32_hyps) < 10.0
+    assert int8_hyps == fp32_hyps
+
+    enc = OnnxStreamingEncoder(model, 4, 8)
+    kv, conv = enc.init_caches(1)
+    feeds = {"x": trained_student["feats"][0][None, 32:51].numpy(), "cached_kv": kv.numpy(),
+             "cached_conv": conv.numpy(), "processed_frames": np.zeros(1, np.int64)}
     fp32 = ort.InferenceSession(str(out / "encoder.onnx")).run(None, feeds)[0]
     int8 = ort.InferenceSession(str(out / "encoder.int8.onnx")).run(None, feeds)[0]
-    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max()
-    rec = sherpa.online_recognizer(out, int8=True)
-    assert sherpa.decode_online(rec, _padded(setup["wavs"][0]), sherpa.read_token_ids(out / "tokens.txt"))
+    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max()
 
 
 def test_unlimited_left_context_is_refused(setup, tmp_path, capsys):
