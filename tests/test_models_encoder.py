@@ -151,6 +151,19 @@ def test_streaming_equals_masked_forward(k: int, lc: int) -> None:
         assert (streamed - full).abs().max() < 1e-10
 
 
+def test_frontend_scale_scales_the_front_end_and_keeps_streaming_exact() -> None:
+    torch.manual_seed(0)
+    enc = ConformerEncoder(_cfg(True, frontend_scale=32 ** 0.5)).double().eval()
+    ref = ConformerEncoder(_cfg(True)).double().eval()
+    ref.load_state_dict(enc.state_dict())
+    x = torch.randn(2, 4 * 9 + 3, F, dtype=torch.float64)
+    torch.testing.assert_close(enc.subsampling(x), ref.subsampling(x) * 32 ** 0.5, rtol=1e-12, atol=0)
+    full = enc(x, torch.tensor([x.size(1)] * 2), chunk_size=3, left_context=4).out
+    assert (_stream(enc, x, 3, 4, False) - full).abs().max() < 1e-10
+    with pytest.raises(ValueError, match="output_scale"):
+        ConformerEncoder(_cfg(True, frontend_scale=0.0))
+
+
 def test_streaming_state_format_and_errors() -> None:
     enc = ConformerEncoder(_cfg(True)).eval()
     st = enc.init_states(2, 6)

@@ -49,6 +49,20 @@ def test_schedule_formula_and_shape() -> None:
     assert f(inf, 10_000, 50) == pytest.approx(1e-3)
 
 
+def test_eden_schedule_formula() -> None:
+    cfg = OptimConfig(lr=1e-3, warmup_batches=10, lr_batches=100.0, lr_epochs=2.0, schedule="eden")
+    f = WarmupDecaySchedule.lr_at
+    assert f(cfg, 0, 0) == pytest.approx(1e-4)  # same warm-up
+    assert f(cfg, 100, 0) == pytest.approx(1e-3 * 2 ** -0.25)
+    assert f(cfg, 300, 2) == pytest.approx(1e-3 * 10 ** -0.25 * 2 ** -0.25)
+    # flatter than the inverse-sqrt form early on, the same b^-0.5 slope far out
+    plain = OptimConfig(lr=1e-3, warmup_batches=10, lr_batches=100.0, lr_epochs=2.0)
+    assert f(cfg, 50, 0) > f(plain, 50, 0)
+    assert f(cfg, 10**6, 0) / f(cfg, 4 * 10**6, 0) == pytest.approx(2.0, rel=1e-3)
+    with pytest.raises(ValueError, match="schedule"):
+        OptimConfig(schedule="cosine")
+
+
 def test_schedule_applies_and_restores() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
     cfg = OptimConfig(lr=1e-2, warmup_batches=4)

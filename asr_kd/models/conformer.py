@@ -85,6 +85,8 @@ class EncoderConfig:
       dynamic_chunk: in training mode, draw K and L uniformly from the lists
         for every batch (global torch RNG) unless given explicitly.
       subsampling_channels: channels of the Conv2d front end.
+      frontend_scale: multiplier of the front end's output (see
+        ``subsampling.py``): 1.0, or ``sqrt(d_model)`` as in ESPnet/WeNet/icefall.
       rotary_base: base of the rotary frequencies.
     """
 
@@ -101,6 +103,7 @@ class EncoderConfig:
     dynamic_chunk: bool = False
     subsampling_channels: int = 64
     rotary_base: float = 10000.0
+    frontend_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.chunk_sizes = tuple(int(c) for c in self.chunk_sizes)
@@ -152,7 +155,8 @@ class ConformerEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.subsampling = Conv2dSubsampling(cfg.num_features, cfg.d_model, cfg.subsampling_channels, cfg.dropout)
+        self.subsampling = Conv2dSubsampling(cfg.num_features, cfg.d_model, cfg.subsampling_channels, cfg.dropout,
+                                             cfg.frontend_scale)
         self.layers = nn.ModuleList(
             ConformerBlock(
                 cfg.d_model, cfg.num_heads, cfg.ff_dim, cfg.conv_kernel, cfg.causal, cfg.dropout, cfg.rotary_base

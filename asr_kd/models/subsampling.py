@@ -36,6 +36,13 @@ per-frame LayerNorms then squash, and the encoder learns from the audio very
 slowly (measured: a teacher still at 95% WER after 550 updates). Global (not
 per-utterance) statistics keep the front end causal, so streaming is
 unaffected; they are part of the model's state_dict and travel with it.
+
+Output scale: ``output_scale`` multiplies the front end's output (before
+dropout).  ESPnet, WeNet and icefall's Conformer scale the subsampling
+output by ``sqrt(d_model)`` (the Transformer's embedding scale), which lets
+the audio part of the residual stream dominate the blocks' time-constant
+contributions at initialisation; 1.0 (no scaling) is what older checkpoints
+were trained with.
 """
 
 from __future__ import annotations
@@ -56,8 +63,12 @@ class Conv2dSubsampling(nn.Module):
     #: extra feature frames a chunk consumes beyond the 4 K it advances
     LOOKAHEAD: int = RECEPTIVE_FIELD - SUBSAMPLING_FACTOR
 
-    def __init__(self, num_features: int, d_model: int, channels: int, dropout: float = 0.0) -> None:
+    def __init__(self, num_features: int, d_model: int, channels: int, dropout: float = 0.0,
+                 output_scale: float = 1.0) -> None:
         super().__init__()
+        if not output_scale > 0:
+            raise ValueError(f"subsampling.py: output_scale must be > 0, got {output_scale}")
+        self.output_scale = float(output_scale)
         if num_features < 7:
             raise ValueError(f"subsampling.py: need num_features >= 7, got {num_features}")
         self.num_features = num_features
@@ -101,4 +112,4 @@ class Conv2dSubsampling(nn.Module):
         x = self.conv(features.unsqueeze(1))  # (B, C, T', F2)
         b, c, t, f = x.shape
         x = self.out(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
-        return self.dropout(x)
+        return self.dropout(x * self.output_scale)

@@ -15,6 +15,7 @@ import logging
 from typing import Any, Optional
 
 from asr_kd.train.losses import add_loss_arguments
+from asr_kd.train.optim import SCHEDULES
 
 __all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sanitize_args"]
 
@@ -42,6 +43,19 @@ def int_list(v: str) -> tuple[int, ...]:
     if not out:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {v!r}")
     return out
+
+
+def frontend_scale(v: str) -> "float | str":
+    """--frontend-scale: ``"sqrt-d"`` (kept as is, resolved with the model's d_model) or a number > 0."""
+    if v == "sqrt-d":
+        return v
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or sqrt-d, got {v!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or sqrt-d, got {v!r}")
+    return x
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +88,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (default: the preset's)")
+    g.add_argument("--frontend-scale", type=frontend_scale, default=None,
+                   help="multiplier of the Conv2d front end's output: a number > 0, or sqrt-d for sqrt(d_model) "
+                        "as in ESPnet/WeNet/icefall (default: 1, no scaling)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based) (default: %(default)s)")
@@ -82,6 +99,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-batches", type=int, default=500, help="linear LR warm-up length in batches (default: %(default)s)")
     g.add_argument("--lr-batches", type=float, default=5000.0, help="batch decay constant of the LR (default: %(default)s)")
     g.add_argument("--lr-epochs", type=float, default=6.0, help="epoch decay constant of the LR (default: %(default)s)")
+    g.add_argument("--lr-schedule", default="inverse-sqrt", choices=SCHEDULES,
+                   help="decay form after warm-up: inverse-sqrt = (1+b/B)^-0.5 (1+e/E)^-0.5, "
+                        "eden = ((b^2+B^2)/B^2)^-0.25 ((e^2+E^2)/E^2)^-0.25 (default: %(default)s)")
     g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off) (default: %(default)s)")
     g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
                    help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32 (default: %(default)s)")

@@ -27,6 +27,17 @@ training batches seen so far (skipped bad batches included, see
   small corpus (few batches per epoch) still anneals over a run of a few
   epochs.  ``B_d, E_d -> inf`` gives a constant rate after warm-up.
 
+``schedule="eden"`` (``--lr-schedule eden``) replaces both decay factors by
+the form of icefall's Eden schedule::
+
+    lr(b, e) = lr_peak * w(b) * ((b² + B_d²) / B_d²) ** -0.25 * ((e² + E_d²) / E_d²) ** -0.25
+
+which is flat (within a few per cent of the peak) while ``b << B_d`` and
+``e << E_d`` and falls like ``b ** -0.5 e ** -0.5`` far beyond them, whereas
+the default ``(1 + b / B_d) ** -0.5`` starts to decay from the first batch
+(at ``b = B_d / 2`` it is at 82%, Eden's form at 95%).  The warm-up ``w(b)``
+is the same for both.
+
 The schedule is stateless apart from its two counters, so resuming restores
 it exactly (``state_dict``/``load_state_dict``).
 """
@@ -40,7 +51,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["OptimConfig", "build_optimizer", "WarmupDecaySchedule", "param_groups"]
+__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "WarmupDecaySchedule", "param_groups"]
+
+#: decay forms of ``WarmupDecaySchedule`` (see the module docstring)
+SCHEDULES = ("inverse-sqrt", "eden")
 
 
 @dataclass
@@ -55,6 +69,7 @@ class OptimConfig:
       warmup_batches: W (>= 1).
       lr_batches: B_d (> 0; ``math.inf`` disables the batch decay).
       lr_epochs: E_d (> 0; ``math.inf`` disables the epoch decay).
+      schedule: decay form, ``"inverse-sqrt"`` (default) or ``"eden"``.
     """
 
     lr: float = 2e-3
@@ -64,8 +79,11 @@ class OptimConfig:
     warmup_batches: int = 500
     lr_batches: float = 5000.0
     lr_epochs: float = 6.0
+    schedule: str = "inverse-sqrt"
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.py: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise ValueError(f"optim.py: lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -108,6 +126,16 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     )
 
 
+def _inverse_sqrt_decay(n: int, scale: float) -> float:
+    """``(1 + n / scale) ** -0.5``; 1 for an infinite scale."""
+    return 1.0 if math.isinf(scale) else (1.0 + n / scale) ** -0.5
+
+
+def _eden_decay(n: int, scale: float) -> float:
+    """``((n² + scale²) / scale²) ** -0.25``; 1 for an infinite scale."""
+    return 1.0 if math.isinf(scale) else (1.0 + (n / scale) ** 2) ** -0.25
+
+
 class WarmupDecaySchedule:
     """Sets ``lr`` of every parameter group from (batch count, completed epochs).
 
@@ -127,9 +155,8 @@ class WarmupDecaySchedule:
     def lr_at(cfg: OptimConfig, batch: int, epoch: int) -> float:
         """lr(b, e) of the module docstring."""
         warm = min(1.0, (batch + 1) / cfg.warmup_batches)
-        decay_b = 1.0 if math.isinf(cfg.lr_batches) else (1.0 + batch / cfg.lr_batches) ** -0.5
-        decay_e = 1.0 if math.isinf(cfg.lr_epochs) else (1.0 + epoch / cfg.lr_epochs) ** -0.5
-        return cfg.lr * warm * decay_b * decay_e
+        decay = _eden_decay if cfg.schedule == "eden" else _inverse_sqrt_decay
+        return cfg.lr * warm * decay(batch, cfg.lr_batches) * decay(epoch, cfg.lr_epochs)
 
     def get_lr(self) -> float:
         return self.lr_at(self.cfg, self.batch, self.epoch)

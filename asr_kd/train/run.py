@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import sys
 from pathlib import Path
@@ -77,12 +78,16 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 
 def build_model_config(args: argparse.Namespace, vocab_size: int):
-    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout."""
-    from asr_kd.models import preset_config
+    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/--frontend-scale."""
+    from asr_kd.models import PRESETS, preset_config
 
     overrides: dict[str, Any] = {}
     if args.dropout is not None:
         overrides["dropout"] = float(args.dropout)
+    if args.frontend_scale == "sqrt-d":
+        overrides["frontend_scale"] = math.sqrt(PRESETS[args.preset][0]["d_model"])
+    elif args.frontend_scale is not None:
+        overrides["frontend_scale"] = float(args.frontend_scale)
     if args.causal:
         if args.chunk_size is not None:
             overrides["chunk_sizes"] = tuple(args.chunk_size)
@@ -233,7 +238,8 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
         loss_computer = build_loss_computer(args, model, tokenizer)
         extra = list(getattr(loss_computer, "parameters", lambda: iter(()))())
         optim_cfg = OptimConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_batches=args.warmup_batches,
-                                lr_batches=args.lr_batches, lr_epochs=args.lr_epochs)
+                                lr_batches=args.lr_batches, lr_epochs=args.lr_epochs,
+                                schedule=args.lr_schedule)
         optimizer = build_optimizer(list(model.parameters()) + extra, optim_cfg)
         scheduler = WarmupDecaySchedule(optimizer, optim_cfg)
         seed_everything(args.seed + dist.rank)
