@@ -124,3 +124,37 @@ def test_training_launch(recipe, opts, launch, tmp_path):
     assert argv[:len(launch)] == launch
     assert argv[len(launch):len(launch) + 3] == ["--exp-dir", str(exp / "teacher"), "--resume"]
     assert (exp / "teacher" / ".done").is_file()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_changed_settings_move_the_trained_model_aside(recipe, tmp_path):
+    """A finished model whose settings changed is retrained with --overwrite (moved aside), never deleted."""
+    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, bpe)
+    stub = tmp_path / "python"  # records its arguments and "trains" by writing pretrained.pt
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n'
+                    f'touch "{exp}/teacher/pretrained.pt" "{exp}/teacher/epoch-1.pt"\n')
+    stub.chmod(0o755)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    cmd = ["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data),
+           "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3", *extra]
+
+    def run(**env):
+        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHON=str(stub), **env),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        recorded = tmp_path / "argv"  # absent when the stage trained nothing
+        return (recorded.read_text().split("\n") if recorded.exists() else None), proc.stdout + proc.stderr
+
+    argv, _ = run()
+    assert "--resume" in argv and "--overwrite" not in argv
+    (tmp_path / "argv").unlink()
+    assert run()[0] is None  # same settings: nothing to do
+    argv, log = run(seeds="7")  # another seed: the teacher's settings changed
+    assert "--overwrite" in argv and "--resume" not in argv
+    assert "replaced-" in log
+    assert (exp / "teacher" / "epoch-1.pt").is_file()  # the stand-in moves nothing; the script deleted nothing
+    (tmp_path / "argv").unlink()
+    assert run(seeds="7")[0] is None  # the new run's marker was written: nothing to do

@@ -97,7 +97,8 @@ model_key() {
 # model_done NAME KEY: NAME finished training with this marker key
 model_done() { stage_done "$exp_dir/$1/.done" "$2" && [ -f "$exp_dir/$1/pretrained.pt" ]; }
 # train_model STAGE NAME ARGS...: trains $exp_dir/NAME unless its marker matches;
-# an interrupted run resumes from its newest checkpoint.
+# an interrupted run resumes from its newest checkpoint; a finished run whose settings
+# changed is moved aside (never deleted) and NAME trains afresh.
 train_model() {
   local n=$1 name=$2 key arg launcher
   shift 2
@@ -110,12 +111,18 @@ train_model() {
     return 0
   fi
   log "stage $n: training $name -> $exp_dir/$name (world size $world_size)"
-  if [ -f "$exp_dir/$name/.done" ] && [ "$node_rank" -eq 0 ]; then  # settings changed: start over
-    rm -rf "$exp_dir/$name"
+  local start=(--resume)  # an interrupted run continues from its newest checkpoint
+  if [ -f "$exp_dir/$name/.done" ]; then
+    # settings changed since $name finished: start afresh, but never delete a trained model --
+    # the trainer's --overwrite moves its checkpoints to $exp_dir/$name/replaced-<UTC time>-<run id>/.
+    # The old marker goes, so that an interruption of the new run resumes the new run.
+    log "stage $n: $name was trained with other settings; its files move to $exp_dir/$name/replaced-<time>-<run id>/"
+    [ "$node_rank" -ne 0 ] || rm -f "$exp_dir/$name/.done"
+    start=(--overwrite)
   fi
   mkdir -p "$exp_dir/$name"
   train_launcher "$name"
-  "${launcher[@]}" --exp-dir "$exp_dir/$name" --resume "$@"
+  "${launcher[@]}" --exp-dir "$exp_dir/$name" "${start[@]}" "$@"
   mark_done "$exp_dir/$name/.done" "$key"
   if [ "$node_rank" -gt 0 ]; then  # node 0 writes the marker; wait for it before going on
     local t=0
