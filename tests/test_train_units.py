@@ -395,3 +395,17 @@ def test_disk_full_names_the_path_and_keeps_the_old_file(tmp_path) -> None:
         del atomic_mod.open
     assert target.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["epoch-3.pt"]  # no temp file left
+
+
+def test_frontend_scale_flag_resolves_against_the_model_width() -> None:
+    from asr_kd.train.args import build_parser
+    from asr_kd.train.run import build_model_config
+
+    base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d"]
+    scale = lambda *extra: build_model_config(build_parser().parse_args(base + list(extra)), 60).encoder.frontend_scale  # noqa: E731
+    assert scale() == 1.0
+    assert scale("--frontend-scale", "sqrt-d") == pytest.approx(144 ** 0.5)  # small: d_model 144
+    assert scale("--frontend-scale", "sqrt-d", "--preset", "tiny", "--causal", "true") == pytest.approx(8.0)
+    assert scale("--frontend-scale", "2.5") == 2.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--frontend-scale", "0"])

@@ -21,9 +21,9 @@ AVX2 kernel (the same quantisation in PyTorch with pairs clipped to int16;
 without the clipping it reproduces the 0.012).  Unsigned weights avoid the
 paired int16 sum on every CPU and gave 0.010 (tiny) and 0.013 (small
 preset, random weights).  ``reduce_range`` (7-bit signed weights) also
-avoids saturation but had a larger error (0.019).  The price: U8U8 ran about 15% slower than
-U8S8 on the VNNI CPU (small preset encoder, 320 ms chunk, 1 thread), still
-faster than fp32.
+avoids saturation but had a larger error (0.019).  The price: U8U8 ran
+about 15% slower than U8S8 on the VNNI CPU (small preset encoder, 320 ms
+chunk, 1 thread), still faster than fp32.
 """
 from __future__ import annotations
 

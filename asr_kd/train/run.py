@@ -79,14 +79,12 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 def build_model_config(args: argparse.Namespace, vocab_size: int):
     """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/--frontend-scale."""
-    from asr_kd.models import PRESETS, preset_config
+    from asr_kd.models import preset_config
 
     overrides: dict[str, Any] = {}
     if args.dropout is not None:
         overrides["dropout"] = float(args.dropout)
-    if args.frontend_scale == "sqrt-d":
-        overrides["frontend_scale"] = math.sqrt(PRESETS[args.preset][0]["d_model"])
-    elif args.frontend_scale is not None:
+    if args.frontend_scale not in (None, "sqrt-d"):
         overrides["frontend_scale"] = float(args.frontend_scale)
     if args.causal:
         if args.chunk_size is not None:
@@ -101,7 +99,10 @@ def build_model_config(args: argparse.Namespace, vocab_size: int):
         log.warning("--chunk-size/--left-context/--dynamic-chunk are ignored for a full-context model "
                     "(--causal false)")
     role = "student" if args.causal else "teacher"
-    return preset_config(args.preset, role, vocab_size, **overrides)
+    cfg = preset_config(args.preset, role, vocab_size, **overrides)
+    if args.frontend_scale == "sqrt-d":  # from the model's own width
+        cfg.encoder.frontend_scale = math.sqrt(cfg.encoder.d_model)
+    return cfg
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
