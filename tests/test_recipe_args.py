@@ -158,3 +158,85 @@ def test_changed_settings_move_the_trained_model_aside(recipe, tmp_path):
     assert (exp / "teacher" / "epoch-1.pt").is_file()  # the stand-in moves nothing; the script deleted nothing
     (tmp_path / "argv").unlink()
     assert run(seeds="7")[0] is None  # the new run's marker was written: nothing to do
+
+
+def _micro_bpe_dir(recipe: str) -> str:
+    return subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_set_overrides_a_preset_variable_and_refuses_unknown_names(recipe, tmp_path):
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, _micro_bpe_dir(recipe))
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    stub.chmod(0o755)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    base = ["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data),
+            "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3", *extra]
+
+    def run(*opts: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *opts], cwd=REPO, env=dict(os.environ, PYTHON=str(stub)),
+                              capture_output=True, text=True, timeout=60)
+
+    proc = run("--set", "teacher_epochs=13", "--set=max_duration=17")
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert argv[argv.index("--num-epochs") + 1] == "13"
+    assert argv[argv.index("--max-duration") + 1] == "17"
+    assert "--set teacher_epochs=13" in proc.stdout
+    marker = (exp / "teacher" / ".done").read_text()
+    assert "--num-epochs 13" in marker  # the marker records the overridden value
+
+    proc = run("--set", "teacher_epoch=13")  # a typo
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'teacher_epoch' is not a preset variable" in lines[0]
+    assert " teacher_epochs " in lines[0] and " seeds " in lines[0]  # the valid names are listed
+    proc = run("--set", "teacher_epochs")
+    assert proc.returncode == 2 and "--set needs NAME=VALUE" in proc.stderr
+
+
+def test_decode_outputs_are_replaced_only_when_complete(tmp_path):
+    """Stage 8 decodes into decode.partial: a failed redecode leaves the previous decode intact."""
+    recipe = "egs/synth/ASR"
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, _micro_bpe_dir(recipe))
+    for name in ("test_seen", "test_heldout"):
+        (data / "fbank" / f"cuts_{name}.jsonl.gz").write_bytes(b"")
+    (exp / "teacher").mkdir(parents=True)
+    (exp / "teacher" / "pretrained.pt").write_bytes(b"weights")
+    stub = tmp_path / "python"  # "decodes" by writing recogs-$TAG.txt into --out-dir; fails when FAIL is set
+    stub.write_text('#!/bin/sh\nout=; prev=\nfor a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
+                    '[ -z "$FAIL" ] || exit 1\n[ -z "$out" ] || echo "$TAG" >> "$out/recogs-$TAG.txt"\n')
+    stub.chmod(0o755)
+    cmd = ["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data),
+           "--exp-dir", str(exp), "--stage", "8", "--stop-stage", "8"]
+
+    def run(*opts: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *opts], cwd=REPO, env=dict(os.environ, PYTHON=str(stub), **env),
+                              capture_output=True, text=True, timeout=60)
+
+    decode = exp / "teacher" / "decode"
+    assert run(TAG="first").returncode == 0
+    assert (decode / "recogs-first.txt").is_file() and (decode / ".done").is_file()
+    first_key = (decode / ".done").read_text()
+    assert run("--set", "beam_size=3", TAG="second", FAIL="1").returncode != 0
+    assert (decode / "recogs-first.txt").is_file() and (decode / ".done").read_text() == first_key
+    assert run("--set", "beam_size=3", TAG="second").returncode == 0
+    assert sorted(p.name for p in decode.iterdir()) == [".done", "recogs-second.txt"]
+    assert sorted(p.name for p in (exp / "teacher").iterdir()) == ["decode", "pretrained.pt"]
+
+
+def test_features_are_moved_aside_not_deleted(tmp_path):
+    """fbank_sets renames an existing feature directory before computing it again."""
+    (tmp_path / "fbank" / "feats_train").mkdir(parents=True)
+    (tmp_path / "fbank" / "feats_train" / "old.lca").write_bytes(b"features")
+    script = (f'recipe_dir={REPO}/egs/synth/ASR; . {REPO}/egs/common/lib.sh; data={tmp_path}; python=true; '
+              'fbank_sets raw "" train')
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    moved = list((tmp_path / "fbank").glob("feats_train.replaced-*"))
+    assert len(moved) == 1 and (moved[0] / "old.lca").read_bytes() == b"features"
+    assert "moved the previous feats_train aside" in proc.stdout

@@ -24,6 +24,7 @@ num_nodes=1
 node_rank=0
 master_addr=localhost
 master_port=29500
+preset_overrides=()  # NAME=VALUE pairs of --set, applied over the preset by load_preset
 common_options="stage stop_stage preset exp_dir data_dir num_jobs skip_setup num_gpus num_nodes node_rank master_addr master_port"
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [run.sh] $*"; }
@@ -49,6 +50,10 @@ Options every recipe has (model stages: egs/common/stages.sh):
                                (stages 8-9) and writes markers
   --master-addr A              rendezvous host, reachable from every node (default localhost)
   --master-port P              rendezvous port (default 29500)
+  --set NAME=VALUE             override one preset variable of conf/<preset>.conf or of the
+                               model stages for this run (repeatable; e.g. --set teacher_epochs=8
+                               --set max_duration=200); stage markers record the value, so a
+                               changed value redoes what depends on it (default: none)
   -h, --help                   this text
 
 Environment:
@@ -91,6 +96,10 @@ parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
       -h|--help) usage; exit 0 ;;
+      --set)
+        { [ $# -ge 2 ] && [[ "$2" == [a-z_]*=* ]]; } || die "--set needs NAME=VALUE (a preset variable), got '${2:-}'"
+        preset_overrides+=("$2")
+        shift 2 ;;
       --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
       --*)
         opt=${1#--}
@@ -126,15 +135,46 @@ check_common_args() {
     die "--preset $preset: no conf/$preset.conf (have: $(ls "$recipe_dir/conf" | sed 's/\.conf$//' | tr '\n' ' '))"
 }
 
-# load_preset: sources conf/<preset>.conf and sets conf, data, exp_dir, python
+# preset_variables: the names --set accepts: those conf/<preset>.conf assigns and the
+# optional ones the model stages and the recipe default with NAME=${NAME:-...}
+preset_variables() {
+  { sed -n 's/^\([a-z_][a-z0-9_]*\)=.*/\1/p' "$recipe_dir/$conf"
+    sed -n 's/^\([a-z_][a-z0-9_]*\)=\${\1:-.*/\1/p' "$common_dir/stages.sh" "$recipe_dir/run.sh"
+  } | sort -u | tr '\n' ' '
+}
+
+# load_preset: sources conf/<preset>.conf, applies --set, and sets conf, data, exp_dir, python
 load_preset() {
+  local kv name valid
   conf=conf/${preset}.conf
   # shellcheck disable=SC1090
   . "$recipe_dir/$conf"
+  if [ ${#preset_overrides[@]} -gt 0 ]; then
+    valid=" $(preset_variables)"
+    for kv in "${preset_overrides[@]}"; do
+      name=${kv%%=*}
+      case "$valid" in
+        *" $name "*) ;;
+        *) die "--set $kv: '$name' is not a preset variable of $conf or the model stages (valid:$valid)" ;;
+      esac
+      printf -v "$name" '%s' "${kv#*=}"
+      log "--set $name=${kv#*=} (over $conf)"
+    done
+  fi
   data=${data_dir:-data/${preset}}
   exp_dir=${exp_dir:-exp/${preset}}
   python=${PYTHON:-python3}
   mkdir -p "$data" "$exp_dir"
+}
+
+# move_aside PATH: a finished output about to be rebuilt is renamed PATH.replaced-<time>
+# (named in the log), never deleted: the user decides what to remove
+move_aside() {
+  [ -e "$1" ] || return 0
+  local to
+  to="$1.replaced-$(date +%Y%m%d-%H%M%S)-$$"
+  mv "$1" "$to"
+  log "moved the previous $(basename "$1") aside to $to"
 }
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
@@ -159,7 +199,7 @@ fbank_sets() {
   for part in "$@"; do
     sp=()
     [ -z "$speed" ] || [ "$part" != "$1" ] || sp=(--speed-perturb "$speed")
-    rm -rf "$data/fbank/feats_$part"
+    move_aside "$data/fbank/feats_$part"
     "$python" -m asr_kd.bin.compute_fbank --cuts "$raw/cuts_${part}_raw.jsonl.gz" \
       --out-cuts "$data/fbank/cuts_${part}.jsonl.gz" --storage "$data/fbank/feats_$part" \
       --num-jobs "$num_jobs" --force "${sp[@]}"

@@ -271,7 +271,11 @@ decode_model() {
     return 0
   fi
   log "stage 8: decoding $name ($kind)"
-  rm -rf "$out"
+  # decoded into $out.partial, which replaces $out only once complete: an interrupted
+  # decode never leaves a half-written decode/ that stage 9 would read
+  local final=$out
+  out=$final.partial
+  rm -rf "$out"  # only ever an interrupted decode of this model
   mkdir -p "$out"
   local dec=("$python" -m asr_kd.bin.decode --checkpoint "$ckpt" --model-name "$name" --out-dir "$out"
              --results-json "$exp_dir/results.json" --num-threads "$decode_threads" --no-progress "${align[@]}")
@@ -302,6 +306,9 @@ load_manifest_lazy(sys.argv[1]).subset(first=int(sys.argv[2])).to_file(sys.argv[
     "${dec[@]}" --cuts "$out/cuts_train_subset.jsonl.gz" --test-set-name train_subset --method greedy --mode offline
   fi
   mark_done "$out/.done" "$key"
+  [ ! -e "$final" ] || mv "$final" "$final.old.$$"
+  mv "$out" "$final"
+  rm -rf "$final.old.$$"  # the superseded decode, replaced by the complete new one
 }
 
 if [ "$node_rank" -gt 0 ] && [ "$stop_stage" -ge 8 ]; then

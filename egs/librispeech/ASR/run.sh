@@ -70,7 +70,7 @@ if run_stage 0; then
   else
     log "stage 0: lhotse manifests of $corpus_dir -> $data/manifests"
     start_stage 0
-    rm -rf "$data/manifests"
+    move_aside "$data/manifests"
     "$python" local/prepare.py --corpus-dir "$corpus_dir" --out-dir "$data/manifests" \
       --train-subsets "$train_subsets" --eval-subsets "$dev_set $test_sets" --num-jobs "$num_jobs" \
       --download "$download" ${alignments_dir:+--alignments-dir "$alignments_dir"} \
