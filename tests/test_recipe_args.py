@@ -240,3 +240,34 @@ def test_features_are_moved_aside_not_deleted(tmp_path):
     moved = list((tmp_path / "fbank").glob("feats_train.replaced-*"))
     assert len(moved) == 1 and (moved[0] / "old.lca").read_bytes() == b"features"
     assert "moved the previous feats_train aside" in proc.stdout
+
+
+def test_teacher_cache_is_built_once_and_passed_to_the_distilling_stages(tmp_path):
+    recipe = "egs/synth/ASR"
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, _micro_bpe_dir(recipe))
+    (exp / "teacher").mkdir(parents=True)
+    (exp / "teacher" / "pretrained.pt").write_bytes(b"weights")
+    calls = tmp_path / "calls"
+    stub = tmp_path / "python"  # logs each call on one line; "trains" stage 1 by writing its checkpoints
+    stub.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n'
+                    f'mkdir -p "{exp}/stage1" "{exp}/teacher-cache"; touch "{exp}/stage1/pretrained.pt" "{exp}/stage1/epoch-1.pt"\n')
+    stub.chmod(0o755)
+    cmd = ["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data),
+           "--exp-dir", str(exp), "--stage", "5", "--stop-stage", "6", "--set", "teacher_cache=true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHON=str(stub)), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 3 and "asr_kd.bin.cache_teacher" in lines[0]
+    cache = str(exp / "teacher-cache")
+    assert f"--out-dir {cache}" in lines[0]
+    assert all(f"--teacher-cache {cache}" in line for line in lines[1:])  # stages 5 and 6
+    assert "--kd-stage hidden" in lines[1] and "--kd-stage output" in lines[2]
+    calls.unlink()
+    (exp / "teacher" / "pretrained.pt").write_bytes(b"another teacher")  # a retrained teacher: cache rebuilt
+    proc = subprocess.run([*cmd, "--stop-stage", "5"], cwd=REPO, env=dict(os.environ, PYTHON=str(stub)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "asr_kd.bin.cache_teacher" in calls.read_text().splitlines()[0]
+    assert list(exp.glob("teacher-cache.replaced-*"))  # the old cache was moved aside

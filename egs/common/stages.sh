@@ -31,6 +31,11 @@
 #     train_subset_utts (100) the teacher also decodes (offline greedy) the first N
 #                             training cuts: row "train_subset", a learning sanity check (0: off)
 #     decode_threads (1), beam_size (4)
+#     teacher_cache (false)   true: stage 5 first stores the teacher's encoder outputs of
+#                             the train and dev cuts (asr_kd.bin.cache_teacher, layers
+#                             teacher_cache_layers, "-1") in EXP_DIR/teacher-cache, and the
+#                             distilling stages read them instead of running the teacher
+#                             encoder; needs clean teacher input (no speed perturbation)
 #     decode_align ("")       "teacher": cuts without word alignments get reference
 #                             word times by forced alignment with the teacher; RESULTS
 #                             then labels latency as model-aligned
@@ -53,6 +58,8 @@ train_jobs=${train_jobs:-1}
 delay_penalty=${delay_penalty:-0.005}
 beam_size=${beam_size:-4}
 decode_align=${decode_align:-}
+teacher_cache=${teacher_cache:-false}
+teacher_cache_layers=${teacher_cache_layers:--1}
 eval_sets="$dev_set $test_sets"
 
 cuts_train=$(cuts_of "$train_set")
@@ -184,24 +191,44 @@ else
   if run_stage 4; then train_baseline; fi
 fi
 
+# teacher_flags: how the distilling stages reach the teacher; with teacher_cache=true
+# the cache is (re)built first when the teacher or the layers changed
+teacher_flags() {
+  teacher_flag=(--teacher-checkpoint "$teacher_ckpt")
+  [ "$teacher_cache" = true ] || return 0
+  local dir=$exp_dir/teacher-cache key
+  need "$1" "$teacher_ckpt" 3
+  key="teacher=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1) layers=$teacher_cache_layers cuts=$(cat "$cuts_train" "$cuts_dev" | sha256sum | cut -d' ' -f1)"
+  if ! stage_done "$dir/.done" "$key"; then
+    move_aside "$dir"
+    log "stage $1: storing the teacher's encoder outputs in $dir"
+    "$python" -m asr_kd.bin.cache_teacher --teacher-checkpoint "$teacher_ckpt" --cuts "$cuts_train" \
+      --cuts "$cuts_dev" --out-dir "$dir" --layers "$teacher_cache_layers" --progress false
+    mark_done "$dir/.done" "$key"
+  fi
+  teacher_flag+=(--teacher-cache "$dir")
+}
+
 if run_stage 5; then
   need_data 5
+  teacher_flags 5
   # shellcheck disable=SC2086  # kd_stage1_args holds several flags
   train_model 5 stage1 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage1_epochs" \
-    --kd-stage hidden --teacher-checkpoint "$teacher_ckpt" $kd_stage1_args
+    --kd-stage hidden "${teacher_flag[@]}" $kd_stage1_args
 fi
 
 if run_stage 6; then
   need_data 6
+  teacher_flags 6
   # shellcheck disable=SC2086
   train_model 6 stage2 "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" --num-epochs "$stage2_epochs" \
-    --kd-stage output --teacher-checkpoint "$teacher_ckpt" \
+    --kd-stage output "${teacher_flag[@]}" \
     --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" $kd_stage2_args
 fi
 
 if run_stage 7; then
   need_data 7
-  teacher_flag=(--teacher-checkpoint "$teacher_ckpt")
+  teacher_flags 7
   # An ablation keeps the tuned KD flags of the stage it replaces and changes one
   # thing; its own flag comes last, so it wins over the same flag in kd_stage*_args.
   # shellcheck disable=SC2086
