@@ -5,8 +5,8 @@
 The method and the reasons for every default are in ``asr_kd.train.kd`` and
 docs/method.md; this module only parses and validates.
 
-Defaults (measured on the synthetic tiny corpus with its 3-epoch teacher,
-see docs/method.md, "Training integration"):
+Defaults (the reasons, and what the default synth run logs, are in
+docs/method.md, "Training integration"):
 
 * ``--kd-hidden-scale`` 1.0: at the start of stage 1 (random student) the
   MSE is ~2.1 against a transducer loss of ~8.2 nats/frame, and both fall
@@ -14,9 +14,9 @@ see docs/method.md, "Training integration"):
 * ``--kd-output-scale`` 1.0: KL/frame and the transducer loss/frame are both
   nats per encoder frame, so lambda_o = 1 weighs a nat of KL like a nat of
   likelihood (random student: KL 15 vs transducer 8.7 nats/frame).
-* ``--kd-target-entropy`` 0.5 nats: for a trained teacher most pruned nodes
-  (blank-dominated) are far sharper than 0.5 nats, so smoothing acts on
-  them, while nodes where the teacher hesitates are left alone.
+* ``--kd-target-entropy`` 0.5 nats: nodes sharper than the target are
+  smoothed up to it, while nodes where the teacher hesitates (above it) are
+  left alone; read the logged ``kd_teacher_entropy`` before changing it.
 * ``--kd-occupancy false``: every valid pruned node counts (the usual
   lattice-KD sum); ``true`` weights nodes by the range owner's occupancy.
 * ``--kd-teacher-input clean``: the teacher sees the un-augmented input.
