@@ -87,6 +87,8 @@ def test_decode_modes_rows_and_determinism(setup, tmp_path):
         assert r["num_utts"] == 8 and r["num_empty_by_bad_audio"] == 3
         assert r["ref_times"] == "corpus"
         assert r["rtf"] > 0
+        # every corpus word has a duration, so every correct word has a word-end latency
+        assert r["num_word_end_words"] == r["num_symbol_delay_words"]
     by = {(r["mode"], r["decoding"], r["chunk_ms"]): r for r in rows}
     stream, sim = by[("streaming", "greedy", 320)], by[("simulated-streaming", "greedy", 320)]
     assert stream["chunk_frames"] == 32 and stream["left_context_ms"] == 640
@@ -126,6 +128,10 @@ def test_latency_null_without_reference_times(setup, tmp_path, caplog):
     row = json.loads((out / "fa.json").read_text())[0]
     assert row["ref_times"].startswith("forced-alignment")
     assert row["mean_symbol_delay_ms"] is not None or row["num_symbol_delay_words"] == 0
+    # the aligner gives word starts only: no word-end latency, and the row says why
+    assert row["word_end_latency_p50_ms"] is None and row["num_word_end_words"] == 0
+    assert any("forced alignment gives word starts only" in r for r in row["latency_reasons"])
+    assert any(r.startswith("word-end latency:") for r in row["latency_reasons"])
 
 
 def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys, caplog):
@@ -189,7 +195,7 @@ def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
     name = "timings-test-greedy-streaming-chunk320ms-left640ms-tiny.jsonl"
     timings = {t["id"]: t for t in map(json.loads, (out / name).read_text().splitlines())}
     cuts = CutSet.from_file(d / "cuts_test.jsonl.gz")
-    oracle, lat, delay, avail_delay = [], [], [], []
+    oracle, lat, delay, avail_delay, end_lat = [], [], [], [], []
     for c in cuts:
         t = timings[c.id]
         if not t["hyp"]:
@@ -201,6 +207,7 @@ def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
         lat.append(1000 * (t["hyp_availability_s"][0] - starts[0]))
         delay += [1000 * (e - s) for e, s in zip(t["hyp_emission_s"], starts)]
         avail_delay += [1000 * (a - s) for a, s in zip(t["hyp_availability_s"], starts)]
+        end_lat += [1000 * (a - (s + 0.1)) for a, s in zip(t["hyp_availability_s"], starts)]
     assert len(oracle) >= 2
     CutSet.from_cuts(oracle).to_file(tmp_path / "cuts_oracle.jsonl.gz")
     args = ["--checkpoint", str(ckpt), "--cuts", str(tmp_path / "cuts_oracle.jsonl.gz"),
@@ -210,6 +217,11 @@ def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
     assert row["wer"] == 0.0 and row["first_token_share_qualifying"] == 1.0
     assert row["first_token_latency_ms"] == pytest.approx(np.mean(lat), abs=0.06)
     assert row["first_token_latency_p90_ms"] == pytest.approx(np.percentile(lat, 90), abs=0.06)
+    assert row["first_token_latency_median_ms"] == pytest.approx(np.percentile(lat, 50), abs=0.06)
+    assert row["first_token_share_anticipated"] == pytest.approx(np.mean(np.asarray(lat) < 0), abs=1e-4)
+    assert row["num_word_end_words"] == len(end_lat)
+    assert row["word_end_latency_p50_ms"] == pytest.approx(np.percentile(end_lat, 50), abs=0.06)
+    assert row["word_end_latency_p90_ms"] == pytest.approx(np.percentile(end_lat, 90), abs=0.06)
     assert row["mean_symbol_delay_ms"] == pytest.approx(np.mean(delay), abs=0.06)
     assert row["mean_availability_delay_ms"] == pytest.approx(np.mean(avail_delay), abs=0.06)
     assert row["mean_availability_delay_ms"] >= row["mean_symbol_delay_ms"]

@@ -59,3 +59,29 @@ def test_render_and_write_with_null_latencies(tmp_path) -> None:
     assert png.stat().st_size > 1000
     _, png2 = write_summary([_row("baseline", 20.0)], ["test"], tmp_path / "R2.md", tmp_path / "p2.png")
     assert png2.stat().st_size > 1000  # "no latency" figure
+
+
+def test_render_new_latency_columns_and_old_rows() -> None:
+    new = _row("stage2", 15.0, ftl=-176.0)
+    new.update(first_token_latency_median_ms=42.4, first_token_share_anticipated=0.371,
+               word_end_latency_p50_ms=180.2, word_end_latency_p90_ms=455.0)
+    old = _row("baseline", 20.0, ftl=300.0)  # a results.json row written before the new fields existed
+    md = render_markdown([old, new], ["test"])
+    header = next(x for x in md.splitlines() if x.startswith("| model |"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[5:13] == ["FTL mean ms", "FTL median ms", "FTL P90 ms", "qual.", "antic.", "symbol delay ms",
+                          "avail. delay ms", "word-end P50 / P90 ms"]
+    sep = next(x for x in md.splitlines() if x.startswith("|---"))
+    assert sep.count("---") == len(cols)
+
+    def cells(model: str) -> list:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {model} |"))
+        return dict(zip(cols, [c.strip() for c in line.strip("|").split("|")]))
+
+    c = cells("stage2")
+    assert (c["FTL mean ms"], c["FTL median ms"], c["FTL P90 ms"]) == ("-176", "42", "-76")
+    assert (c["qual."], c["antic."], c["word-end P50 / P90 ms"]) == ("80%", "37%", "180 / 455")
+    c = cells("baseline")
+    assert c["FTL mean ms"] == "300" and c["qual."] == "80%"
+    assert c["FTL median ms"] == c["antic."] == c["word-end P50 / P90 ms"] == "–"
+    assert "antic. = share of qualifying utterances whose first word was available before it was spoken" in md

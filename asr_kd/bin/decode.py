@@ -250,6 +250,10 @@ def run(args: argparse.Namespace) -> int:
                     u.ref_times_reason = why or u.ref_times_reason
                     if u.ref_starts_s is not None:
                         used.add(u.cut_id)
+                        # the aligner gives starts only: ends stay None, and the
+                        # word-end latency names this as the reason it skips them
+                        u.ref_ends_s = None
+                        u.ref_ends_reason = "forced alignment gives word starts only"
         have_corpus = any(u.ref_starts_s is not None and u.cut_id not in used for u in utts)
         source = ("mixed:corpus+" + ref_source if used and have_corpus else ref_source if used
                   else "corpus" if have_corpus else None)
@@ -279,16 +283,20 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "audio_s": round(rtf.audio_s, 3),
         }
-        for k in ("first_token_share_qualifying", "first_token_share_inserted_before", "num_utts",
+        for k in ("first_token_latency_median_ms", "first_token_share_qualifying",
+                  "first_token_share_inserted_before", "first_token_share_anticipated", "num_utts",
                   "num_ref_words", "ins", "del", "sub", "num_symbol_delay_words",
+                  "word_end_latency_p50_ms", "word_end_latency_p90_ms", "num_word_end_words",
                   "num_empty_by_bad_audio", "latency_reasons"):
             row[k] = metrics[k]
         rows.append(row)
-        log.info("%s %s: WER %.2f%%, first-token latency %s ms (P90 %s), symbol delay %s ms "
-                 "(availability %s), RTF %.4f at %d thread(s)", test_set, setting, row["wer"],
-                 row["first_token_latency_ms"], row["first_token_latency_p90_ms"],
-                 row["mean_symbol_delay_ms"], row["mean_availability_delay_ms"], row["rtf"],
-                 args.num_threads)
+        log.info("%s %s: WER %.2f%%, first-token latency %s ms (median %s, P90 %s, anticipated share %s), "
+                 "symbol delay %s ms (availability %s), word-end latency P50/P90 %s/%s ms, RTF %.4f at %d "
+                 "thread(s)", test_set, setting, row["wer"], row["first_token_latency_ms"],
+                 row["first_token_latency_median_ms"], row["first_token_latency_p90_ms"],
+                 row["first_token_share_anticipated"], row["mean_symbol_delay_ms"],
+                 row["mean_availability_delay_ms"], row["word_end_latency_p50_ms"],
+                 row["word_end_latency_p90_ms"], row["rtf"], args.num_threads)
     results = args.results_json or (args.out_dir / "results.json")
     update_results_json(results, rows)
     log.info("wrote %d row(s) to %s", len(rows), results)

@@ -38,7 +38,7 @@ from torch import nn
 
 from asr_kd.data.text import normalize_text
 from asr_kd.data.features import FBANK_OPTS, FEATURE_PAD_VALUE, compute_online_fbank
-from asr_kd.metrics.latency import TimedWords, reference_word_times, tokens_to_words
+from asr_kd.metrics.latency import TimedWords, reference_word_spans, tokens_to_words
 from asr_kd.metrics.results import RtfMeter
 
 from .offline import MODES, encode, search
@@ -89,6 +89,8 @@ class UtteranceOutput:
     frames: List[int]
     hyp: TimedWords
     note: str = ""
+    ref_ends_s: Optional[List[float]] = None  # reference word ends (start + duration); None: unknown
+    ref_ends_reason: str = ""  # why ref_ends_s is None
 
 
 def load_mono_audio(cut: Any, sampling_rate: int = FBANK_OPTS.sampling_rate) -> np.ndarray:
@@ -146,14 +148,15 @@ def _load_or_note(cut: Any, min_samples: int, strict: bool) -> tuple[np.ndarray,
 
 
 def _reference(cut: Any) -> tuple:
+    """(words, starts, ends, starts_reason, ends_reason) of the cut's transcript."""
     sups = list(cut.supervisions)
     words = normalize_text(" ".join((s.text or "").strip() for s in sups)).split()
     if len(sups) != 1:
-        if not sups:
-            return words, None, "cut has no supervision"
-        return words, None, "cut has several supervisions (word times used only for one)"
-    times, reason = reference_word_times(sups[0], words)
-    return words, times, reason
+        why = ("cut has no supervision" if not sups else
+               "cut has several supervisions (word times used only for one)")
+        return words, None, None, why, why
+    starts, ends, why, ends_why = reference_word_spans(sups[0], words)
+    return words, starts, ends, why, ends_why
 
 
 def _batches(cuts: Sequence[Any], max_duration: float, max_count: int) -> Iterator[List[Any]]:
@@ -223,9 +226,10 @@ def decode_cuts(model: nn.Module, id_to_piece: Callable[[int], str], cuts: Any, 
             tokens, frames = results.get(i, ([], []))
             emis, avail = token_times(frames, int(audios[i].size), chunk, encoder=model.encoder)
             hyp = tokens_to_words([id_to_piece(t) for t in tokens], emis, avail)
-            words, times, reason = _reference(cut)
-            outputs.append(UtteranceOutput(cut.id, float(cut.duration), words, times, reason,
-                                           list(tokens), list(frames), hyp, notes[i]))
+            words, starts, ends, why, ends_why = _reference(cut)
+            outputs.append(UtteranceOutput(cut.id, float(cut.duration), words, starts, why,
+                                           list(tokens), list(frames), hyp, notes[i],
+                                           ref_ends_s=ends, ref_ends_reason=ends_why))
         if progress is not None:
             progress(len(batch))
     outputs.sort(key=lambda o: o.cut_id)
@@ -240,6 +244,8 @@ def forced_alignment_times(model: nn.Module, tokenizer: Any, cuts: Any, device: 
     encoder output (:func:`asr_kd.decode.align.forced_align`), and a word's
     start is the emission time of its first token (frame × 40 ms). These
     times favour students that copy this model's timing: prefer corpus times.
+    No word ends: the path says when a word's tokens were emitted, not when
+    the word stopped sounding.
 
     Returns:
       cut id -> (word start times or None, reason when None).
@@ -250,7 +256,7 @@ def forced_alignment_times(model: nn.Module, tokenizer: Any, cuts: Any, device: 
     min_samples = min_samples_for_output(model.encoder)
     out = {}
     for cut in sorted(cuts, key=lambda c: c.id):
-        words, _, _ = _reference(cut)
+        words = _reference(cut)[0]
         if not words:
             out[cut.id] = (None, "empty reference")
             continue

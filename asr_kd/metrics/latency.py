@@ -27,10 +27,22 @@ kaldialign (minimum edit distance):
   see how often that happens. Reported: mean and P90 (``numpy.percentile``,
   linear interpolation) over qualifying utterances, the share of utterances
   that qualify, and the share with an insertion before ``r_1`` (both over
-  utterances with a non-empty reference whose word times are known);
+  utterances with a non-empty reference whose word times are known). Also
+  the median (``numpy.percentile`` 50, linear) of the same values, and the
+  **anticipated share**: qualifying utterances with ``L < 0`` (``a_1 < s_1``:
+  the first word was shown before it was spoken) over qualifying utterances.
+  Anticipation (a predictable first word) pulls the mean below zero, which
+  is why the median and this share are reported beside it;
 * **mean symbol delay** (emission): mean of ``e_j − s_i`` over every aligned
   pair ``(r_i, h_j)`` with ``r_i == h_j``, pooled over utterances;
-  availability version: the same with ``a_j``.
+  availability version: the same with ``a_j``;
+* **word-end latency** ``a_j − t_i`` over the same correct pairs, with
+  ``t_i = s_i + d_i`` the reference *end* of ``r_i`` (start plus the
+  alignment's duration), pooled over the utterances whose end times are
+  known; reported: P50 and P90 (``numpy.percentile``, linear). Measured
+  from the word's end, guessing a predictable word early gains much less
+  than it does against the start; a value below 0 means the word was shown
+  before it had been fully spoken.
 """
 from __future__ import annotations
 
@@ -49,10 +61,13 @@ __all__ = [
     "UtteranceTiming",
     "FirstTokenLatency",
     "SymbolDelay",
+    "WordEndLatency",
     "tokens_to_words",
+    "reference_word_spans",
     "reference_word_times",
     "first_token_latency",
     "mean_symbol_delay",
+    "word_end_latency",
 ]
 
 log = logging.getLogger(__name__)
@@ -123,28 +138,44 @@ def tokens_to_words(pieces: Sequence[str], emission_s: Sequence[float],
     return out
 
 
-def reference_word_times(supervision: Any, ref_words: Sequence[str]) -> Tuple[Optional[List[float]], str]:
-    """Start times of the reference words from ``supervision.alignment["word"]``.
+def reference_word_spans(supervision: Any, ref_words: Sequence[str]
+                         ) -> Tuple[Optional[List[float]], Optional[List[float]], str, str]:
+    """Start and end times of the reference words from ``supervision.alignment["word"]``.
 
     ``AlignmentItem.start`` is taken as seconds from the cut start (true for
     recording-level cuts and for this project's synthetic corpus, whose prep
-    shifts the times by every trim/pad it applies). Silence symbols
-    (``""``, ``<eps>``, ``sil``, ``sp`` ...) are dropped.
+    shifts the times by every trim/pad it applies); a word's end is
+    ``start + duration``. Silence symbols (``""``, ``<eps>``, ``sil``,
+    ``sp`` ...) are dropped.
 
     Returns:
-      (times, "") when the aligned words match ``ref_words`` (case-insensitive),
-      else (None, reason).
+      (starts, ends, starts_reason, ends_reason): starts are None (with
+      starts_reason) unless the aligned words match ``ref_words``
+      (case-insensitive); ends are None with ends_reason whenever starts are,
+      and also when a word has a non-positive duration (an alignment that
+      stores starts only), in which case the starts are still returned.
     """
     ali = getattr(supervision, "alignment", None) or {}
     items = ali.get("word") if isinstance(ali, dict) else None
     if not items:
-        return None, "no word alignment in the supervision"
+        why = "no word alignment in the supervision"
+        return None, None, why, why
     items = [it for it in items if str(it.symbol) not in _NON_WORDS]
     syms = [str(it.symbol).upper() for it in items]
     if syms != [w.upper() for w in ref_words]:
-        return None, (f"word alignment {syms[:6]}... does not match the transcript "
-                      f"{list(ref_words)[:6]}...")
-    return [float(it.start) for it in items], ""
+        why = (f"word alignment {syms[:6]}... does not match the transcript "
+               f"{list(ref_words)[:6]}...")
+        return None, None, why, why
+    starts = [float(it.start) for it in items]
+    if any(not float(it.duration) > 0 for it in items):
+        return starts, None, "", "word alignment has words of zero or negative duration"
+    return starts, [float(it.start) + float(it.duration) for it in items], "", ""
+
+
+def reference_word_times(supervision: Any, ref_words: Sequence[str]) -> Tuple[Optional[List[float]], str]:
+    """Start times of the reference words: ``(starts, reason)`` of :func:`reference_word_spans`."""
+    starts, _, why, _ = reference_word_spans(supervision, ref_words)
+    return starts, why
 
 
 @dataclass
@@ -155,11 +186,13 @@ class UtteranceTiming:
     ref_words: List[str]
     ref_starts_s: Optional[List[float]]  # None: reference times unknown
     hyp: TimedWords
+    ref_ends_s: Optional[List[float]] = None  # None: reference word ends unknown
 
     def __post_init__(self) -> None:
-        if self.ref_starts_s is not None and len(self.ref_starts_s) != len(self.ref_words):
-            raise ValueError(f"{self.utt_id}: {len(self.ref_words)} reference words but "
-                             f"{len(self.ref_starts_s)} start times")
+        for what, times in (("start", self.ref_starts_s), ("end", self.ref_ends_s)):
+            if times is not None and len(times) != len(self.ref_words):
+                raise ValueError(f"{self.utt_id}: {len(self.ref_words)} reference words but "
+                                 f"{len(times)} {what} times")
 
 
 @dataclass
@@ -167,11 +200,13 @@ class FirstTokenLatency:
     """First-token latency summary (ms); None fields come with ``reason``."""
 
     mean_ms: Optional[float]
+    median_ms: Optional[float]
     p90_ms: Optional[float]
     num_utts: int  # utterances with a non-empty reference and known word times
     num_qualifying: int
     share_qualifying: Optional[float]
     share_inserted_before_first: Optional[float]
+    share_anticipated: Optional[float]  # of qualifying utterances: a_1 < s_1
     reason: str = ""
 
 
@@ -182,6 +217,17 @@ class SymbolDelay:
     emission_ms: Optional[float]
     availability_ms: Optional[float]
     num_words: int
+    reason: str = ""
+
+
+@dataclass
+class WordEndLatency:
+    """Percentiles (ms) of availability time − reference word end over correct words."""
+
+    p50_ms: Optional[float]
+    p90_ms: Optional[float]
+    num_words: int
+    num_utts: int  # utterances with a non-empty reference and known word ends
     reason: str = ""
 
 
@@ -208,7 +254,7 @@ def first_token_latency(utts: Sequence[UtteranceTiming]) -> FirstTokenLatency:
     usable = _usable(utts)
     if not usable:
         reason = ("no utterance has reference word times" if utts else "no utterances")
-        return FirstTokenLatency(None, None, 0, 0, None, None, reason)
+        return FirstTokenLatency(None, None, None, 0, 0, None, None, None, reason)
     lat: List[float] = []
     inserted = 0
     for u in usable:
@@ -221,11 +267,15 @@ def first_token_latency(utts: Sequence[UtteranceTiming]) -> FirstTokenLatency:
             lat.append(1000.0 * (u.hyp.availability_s[0] - u.ref_starts_s[0]))
     n = len(usable)
     if not lat:
-        return FirstTokenLatency(None, None, n, 0, 0.0, inserted / n,
+        return FirstTokenLatency(None, None, None, n, 0, 0.0, inserted / n, None,
                                  "no utterance has its first reference word recognised")
     arr = np.asarray(lat, dtype=np.float64)
-    return FirstTokenLatency(float(arr.mean()), float(np.percentile(arr, 90)), n, len(lat),
-                             len(lat) / n, inserted / n)
+    return FirstTokenLatency(
+        mean_ms=float(arr.mean()), median_ms=float(np.percentile(arr, 50)),
+        p90_ms=float(np.percentile(arr, 90)), num_utts=n, num_qualifying=len(lat),
+        share_qualifying=len(lat) / n, share_inserted_before_first=inserted / n,
+        # L < 0 exactly when a_1 < s_1 (both in the same time base)
+        share_anticipated=int(np.count_nonzero(arr < 0)) / len(lat))
 
 
 def mean_symbol_delay(utts: Sequence[UtteranceTiming]) -> SymbolDelay:
@@ -245,3 +295,25 @@ def mean_symbol_delay(utts: Sequence[UtteranceTiming]) -> SymbolDelay:
         return SymbolDelay(None, None, 0, "no reference word was recognised correctly")
     return SymbolDelay(1000.0 * math.fsum(emis) / len(emis), 1000.0 * math.fsum(avail) / len(avail),
                        len(emis))
+
+
+def word_end_latency(utts: Sequence[UtteranceTiming]) -> WordEndLatency:
+    """P50/P90 of ``a_j − (s_i + d_i)`` over correct aligned pairs, pooled over utterances.
+
+    The pairs are those of :func:`mean_symbol_delay`; utterances without
+    reference word ends (``ref_ends_s`` None) are left out.
+    """
+    usable = [u for u in utts if u.ref_words and u.ref_ends_s is not None]
+    if not usable:
+        reason = ("no utterance has reference word end times" if utts else "no utterances")
+        return WordEndLatency(None, None, 0, 0, reason)
+    lat: List[float] = []
+    for u in usable:
+        for ri, hj, r, h in _pairs_with_indices(u.ref_words, u.hyp.words):
+            if ri >= 0 and hj >= 0 and r == h:
+                lat.append(1000.0 * (u.hyp.availability_s[hj] - u.ref_ends_s[ri]))
+    if not lat:
+        return WordEndLatency(None, None, 0, len(usable), "no reference word was recognised correctly")
+    arr = np.asarray(lat, dtype=np.float64)
+    return WordEndLatency(float(np.percentile(arr, 50)), float(np.percentile(arr, 90)), len(lat),
+                          len(usable))

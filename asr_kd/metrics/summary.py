@@ -16,7 +16,8 @@ Definitions (per evaluation set, per decoding setting):
   (undefined -- ``None`` -- when the teacher is not better than the baseline).
 
 A latency that could not be computed is ``None`` in the rows and "–" in the
-tables. Row fields are those of :mod:`asr_kd.metrics.results`.
+tables, as is a column whose field a row lacks (rows written before the
+field existed). Row fields are those of :mod:`asr_kd.metrics.results`.
 """
 from __future__ import annotations
 
@@ -100,6 +101,16 @@ def _fmt(x: Any, nd: int = 1, pct: bool = False) -> str:
     return f"{x:.{nd}f}"
 
 
+def _share(x: Optional[float]) -> str:
+    """A share in [0, 1] as a whole percentage ("–" when None)."""
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _pair(a: Optional[float], b: Optional[float]) -> str:
+    """Two latencies in one cell, "a / b" ("–" when both are None)."""
+    return "–" if a is None and b is None else f"{_fmt(a, 0)} / {_fmt(b, 0)}"
+
+
 def _setting_label(row: Row) -> str:
     s = row["decoding"] if row["decoding"] == "greedy" else f"beam{row.get('beam')}"
     s += f", {row['mode']}"
@@ -111,7 +122,7 @@ def _setting_label(row: Row) -> str:
 def render_markdown(rows: Sequence[Row], test_sets: Sequence[str], title: str = "Results",
                     header_lines: Iterable[str] = (), bootstrap: Optional[Mapping[str, str]] = None,
                     extra_lines: Iterable[str] = ()) -> str:
-    """RESULTS.md: one table per evaluation set (WER, rel. reduction, closure, latencies, RTF).
+    """RESULTS.md: one table per evaluation set (WER, rel. reduction, closure, latencies, shares, RTF).
 
     ``extra_lines``: markdown appended at the end (e.g. ``asr_kd.metrics.train_stats.render_kd_section``).
     """
@@ -124,8 +135,14 @@ def render_markdown(rows: Sequence[Row], test_sets: Sequence[str], title: str = 
         "*closure* = (baseline − student) / (baseline − teacher) with the teacher decoded offline (full "
         "context) with the same search (greedy or beam). First-token latency (FTL) = availability time of the first hypothesis word − reference "
         "start of the first reference word, over utterances whose first word is recognised (*qual.* = "
-        "their share). Symbol delay = mean(hypothesis word emission time − reference word start) over "
-        "correct words; *avail.* uses availability time. RTF at the stated threads.",
+        "their share); *FTL median* is the median of the same per-utterance values. "
+        "antic. = share of qualifying utterances whose first word was available before it was spoken; "
+        "a negative FTL comes from these, so judge first-token speed on the median and on antic. "
+        "Symbol delay = mean(hypothesis word emission time − reference word start) over "
+        "correct words; *avail.* uses availability time. *Word-end P50 / P90* = median and 90th "
+        "percentile of (hypothesis word availability time − reference word end) over correct words, "
+        "pooled over utterances: how long after a word has been fully spoken it is shown. "
+        "RTF at the stated threads.",
         "",
     ]
     for ts in test_sets:
@@ -133,18 +150,21 @@ def render_markdown(rows: Sequence[Row], test_sets: Sequence[str], title: str = 
         if not comps:
             continue
         lines += [f"## {ts}", "",
-                  "| model | decoding | WER | rel. | closure | FTL mean ms | FTL P90 ms | qual. | symbol delay ms "
-                  "| avail. delay ms | RTF (threads) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | decoding | WER | rel. | closure | FTL mean ms | FTL median ms | FTL P90 ms | qual. "
+                  "| antic. | symbol delay ms | avail. delay ms | word-end P50 / P90 ms | RTF (threads) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in comps:
             r = c.row
-            q = r.get("first_token_share_qualifying")
+            # .get throughout: rows from older results.json files lack the newer fields
             lines.append(
                 f"| {r['model']} | {_setting_label(r)} | {_fmt(r['wer'], 2)} | {_fmt(c.rel_reduction, pct=True)} | "
                 f"{_fmt(c.closure, 2)} | {_fmt(r.get('first_token_latency_ms'), 0)} | "
-                f"{_fmt(r.get('first_token_latency_p90_ms'), 0)} | {_fmt(None if q is None else 100 * q, 0)}"
-                f"{'' if q is None else '%'} | {_fmt(r.get('mean_symbol_delay_ms'), 0)} | "
-                f"{_fmt(r.get('mean_availability_delay_ms'), 0)} | {_fmt(r.get('rtf'), 3)} ({r.get('num_threads')}) |")
+                f"{_fmt(r.get('first_token_latency_median_ms'), 0)} | "
+                f"{_fmt(r.get('first_token_latency_p90_ms'), 0)} | {_share(r.get('first_token_share_qualifying'))} | "
+                f"{_share(r.get('first_token_share_anticipated'))} | {_fmt(r.get('mean_symbol_delay_ms'), 0)} | "
+                f"{_fmt(r.get('mean_availability_delay_ms'), 0)} | "
+                f"{_pair(r.get('word_end_latency_p50_ms'), r.get('word_end_latency_p90_ms'))} | "
+                f"{_fmt(r.get('rtf'), 3)} ({r.get('num_threads')}) |")
         lines.append("")
     if bootstrap:
         lines += ["## Paired bootstrap (95% interval of the WER difference)", ""]
