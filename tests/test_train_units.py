@@ -409,3 +409,17 @@ def test_frontend_scale_flag_resolves_against_the_model_width() -> None:
     assert scale("--frontend-scale", "2.5") == 2.5
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--frontend-scale", "0"])
+
+
+def test_num_layers_flag_overrides_the_preset_depth() -> None:
+    from asr_kd.models import build_transducer
+    from asr_kd.train.args import build_parser
+    from asr_kd.train.run import build_model_config
+
+    base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d", "--preset", "tiny"]
+    cfg = lambda *extra: build_model_config(build_parser().parse_args(base + list(extra)), 60)  # noqa: E731
+    assert cfg().encoder.num_layers == 2  # the tiny preset's own depth
+    deeper = cfg("--num-layers", "3")
+    assert deeper.encoder.num_layers == 3 and len(build_transducer(deeper).encoder.layers) == 3
+    with pytest.raises(ValueError, match="--num-layers must be >= 1"):
+        cfg("--num-layers", "0")

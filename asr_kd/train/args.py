@@ -88,6 +88,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (default: the preset's)")
+    g.add_argument("--num-layers", type=int, default=None,
+                   help="override the preset's number of encoder blocks (default: the preset's, 6 for small)")
     g.add_argument("--frontend-scale", type=frontend_scale, default=None,
                    help="multiplier of the Conv2d front end's output: a number > 0, or sqrt-d for sqrt(d_model) "
                         "as in ESPnet/WeNet/icefall (default: 1, no scaling)")

@@ -78,12 +78,17 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 
 def build_model_config(args: argparse.Namespace, vocab_size: int):
-    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/--frontend-scale."""
+    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/
+    --num-layers/--frontend-scale."""
     from asr_kd.models import preset_config
 
     overrides: dict[str, Any] = {}
     if args.dropout is not None:
         overrides["dropout"] = float(args.dropout)
+    if args.num_layers is not None:
+        if args.num_layers < 1:
+            raise ValueError(f"--num-layers must be >= 1, got {args.num_layers}")
+        overrides["num_layers"] = int(args.num_layers)
     if args.frontend_scale not in (None, "sqrt-d"):
         overrides["frontend_scale"] = float(args.frontend_scale)
     if args.causal:
@@ -156,7 +161,7 @@ def _load_continue(args: argparse.Namespace, model_cfg: Any, bpe_sha: str) -> Op
     ck = load_checkpoint(path)
     if ck.get("model_config") != model_cfg.to_dict():
         raise ValueError(f"--continue-from {path}: its model_config differs from the one built from the flags; "
-                         f"use the same --preset/--causal/--chunk-size/--left-context/--dropout as that run")
+                         f"use the same --preset/--causal/--chunk-size/--left-context/--dropout/--num-layers as that run")
     if ck.get("bpe_sha256") != bpe_sha:
         raise ValueError(f"--continue-from {path} was trained with another BPE model than {args.bpe_model}")
     if not ck.get("epoch_done"):
