@@ -70,3 +70,13 @@ def test_help_command_prints(name: str) -> None:
                           text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "default" in proc.stdout
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_help_names_the_module_and_keeps_example_lines(name: str) -> None:
+    """The program name is the module invocation; an example's continued lines stay separate lines."""
+    parser = _parser(name)
+    assert parser.prog == f"python -m asr_kd.bin.{name}"
+    for line in parser.format_help().splitlines():
+        if "python -m asr_kd.bin" in line:  # a joined continuation leaves a run of spaces then "--"
+            assert "    --" not in line.split("python -m", 1)[1], f"{name}: example lines run together: {line!r}"

@@ -1,7 +1,7 @@
 """Store a frozen teacher's encoder outputs per cut, for training with ``--teacher-cache``.
 
-    python -m asr_kd.bin.cache_teacher --teacher-checkpoint exp/teacher/pretrained.pt \
-        --cuts data/fbank/cuts_train.jsonl.gz --cuts data/fbank/cuts_dev.jsonl.gz \
+    python -m asr_kd.bin.cache_teacher --teacher-checkpoint exp/teacher/pretrained.pt \\
+        --cuts data/fbank/cuts_train.jsonl.gz --cuts data/fbank/cuts_dev.jsonl.gz \\
         --out-dir exp/teacher/cache --layers -1
 
 ``--layers`` lists the *teacher* layers stage 1 maps (the teacher side of

@@ -1,6 +1,6 @@
 """Compute and store the training features (lhotse ``Fbank``, see asr_kd.data.features).
 
-    python -m asr_kd.bin.compute_fbank --cuts data/manifests/cuts_train_raw.jsonl.gz \
+    python -m asr_kd.bin.compute_fbank --cuts data/manifests/cuts_train_raw.jsonl.gz \\
         --out-cuts data/fbank/cuts_train.jsonl.gz --storage data/fbank/feats --num-jobs 2
 
 * Features go to ``STORAGE/<out-cuts stem>-<k>.lca`` (LilcomChunkyWriter: lossy,
@@ -143,7 +143,7 @@ def compute_fbank(cuts_path: Path, out_cuts: Path, storage: Path, num_jobs: int 
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.compute_fbank", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cuts", type=Path, required=True, help="input CutSet with recordings (required)")
     p.add_argument("--out-cuts", type=Path, required=True, help="output CutSet with features; if it exists nothing is done unless --force (required)")
     p.add_argument("--storage", type=Path, required=True, help="directory for feature files (required)")

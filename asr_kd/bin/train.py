@@ -2,7 +2,7 @@
 
 Single process (CPU or one GPU)::
 
-    python -m asr_kd.bin.train --exp-dir exp/teacher --cuts-train data/train.jsonl.gz \
+    python -m asr_kd.bin.train --exp-dir exp/teacher --cuts-train data/train.jsonl.gz \\
         --cuts-valid data/dev.jsonl.gz --bpe-model data/lang/bpe.model --preset small --causal false
 
 Streaming student with dynamic chunk training (chunk sizes in 40 ms encoder frames)::

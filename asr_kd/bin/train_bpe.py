@@ -1,6 +1,6 @@
 """Train the unigram SentencePiece tokenizer (``<blk>`` = 0, ``<unk>`` = 1).
 
-    python -m asr_kd.bin.train_bpe --transcripts data/lang/transcripts.txt \
+    python -m asr_kd.bin.train_bpe --transcripts data/lang/transcripts.txt \\
         --out-dir data/lang_bpe_500 --vocab-size 500
 
 Writes ``OUT_DIR/bpe.model``, ``bpe.vocab`` and ``bpe.json``. Idempotent: a
@@ -18,7 +18,7 @@ from asr_kd.data.tokenizer import Tokenizer, train_bpe
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.train_bpe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transcripts", type=Path, required=True, help="text file, one transcript per line (required)")
     p.add_argument("--out-dir", type=Path, required=True,
                    help="output directory for bpe.model, bpe.vocab and bpe.json (required)")
