@@ -80,3 +80,28 @@ def test_help_names_the_module_and_keeps_example_lines(name: str) -> None:
     for line in parser.format_help().splitlines():
         if "python -m asr_kd.bin" in line:  # a joined continuation leaves a run of spaces then "--"
             assert "    --" not in line.split("python -m", 1)[1], f"{name}: example lines run together: {line!r}"
+
+
+def test_icefall_spellings_are_aliases_or_refused_with_our_option(capsys) -> None:
+    decode = _parser("decode")
+    base = ["--cuts", "c.jsonl.gz", "--out-dir", "out"]
+    args = decode.parse_args(base + ["--decoding-method", "modified_beam_search", "--beam-size", "7"])
+    assert (args.method, args.beam) == ("modified_beam_search", 7)
+    assert decode.parse_args(base + ["--decoding-method", "greedy_search"]).method == "greedy"
+    assert decode.parse_args(base).method == "greedy"
+    train = _parser("train")
+    tbase = ["--cuts-train", "a", "--bpe-model", "b", "--exp-dir", "e"]
+    assert train.parse_args(tbase + ["--use-fp16", "true"]).amp == "fp16"
+    assert train.parse_args(tbase + ["--use-fp16", "false"]).amp == "none"
+    assert train.parse_args(tbase).amp == "auto"
+    refused = [(decode, base + ["--left-context", "32"], "--left-context-ms 1280"),
+               (decode, base + ["--chunk-size", "8"], "--chunk-sizes-ms 320"),
+               (decode, base + ["--left-cont", "32"], "unrecognized arguments"),  # no prefix matching
+               (decode, base + ["--decoding-method", "fast_beam_search"], "greedy_search, modified_beam_search"),
+               (train, tbase + ["--start-epoch", "3"], "--resume"),
+               (train, tbase + ["--world-size", "8"], "torchrun --nproc-per-node")]
+    for parser, argv, hint in refused:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2
+        assert hint in capsys.readouterr().err.strip().splitlines()[-1], argv

@@ -36,7 +36,11 @@ FEATURE_MS = 10  # feature frame
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.decode", description=__doc__.split("\n")[0])
+    from asr_kd.options import add_refused_option, mapped_value
+
+    # allow_abbrev=False: a prefix such as --left-context must not silently pick --left-context-ms
+    p = argparse.ArgumentParser(prog="python -m asr_kd.bin.decode", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", nargs="+", type=Path, default=None,
                    help="checkpoint file(s); several are averaged (default: none; give this or --exp-dir with --epoch)")
@@ -56,7 +60,12 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("decoding")
     g.add_argument("--method", choices=("greedy", "modified_beam_search"), default="greedy",
                    help="search method (default: %(default)s)")
-    g.add_argument("--beam", type=int, default=4, help="beam size of modified_beam_search (default: %(default)s)")
+    g.add_argument("--decoding-method", dest="method",
+                   type=mapped_value({"greedy_search": "greedy", "modified_beam_search": "modified_beam_search"},
+                                     "--decoding-method"),
+                   help="icefall's spelling of --method: greedy_search or modified_beam_search (default: --method's)")
+    g.add_argument("--beam", "--beam-size", dest="beam", type=int, default=4,
+                   help="beam size of modified_beam_search; --beam-size is icefall's spelling (default: %(default)s)")
     g.add_argument("--max-sym-per-frame", type=int, default=1, help="greedy: most tokens one frame may emit (default: %(default)s)")
     g.add_argument("--mode", choices=("offline", "simulated-streaming", "streaming"), default="offline",
                    help="offline (full context), simulated-streaming (chunk masks on whole utterances) or "
@@ -64,9 +73,15 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-sizes-ms", nargs="+", default=None,
                    help="chunk sizes in ms (multiples of 40), e.g. 320 640 or 320,640; "
                         "(default: the model's first training chunk size)")
-    g.add_argument("--left-context-ms", "--left-context", dest="left_context_ms", type=int, default=None,
+    g.add_argument("--left-context-ms", dest="left_context_ms", type=int, default=None,
                    help="left context in ms (multiple of 40; -1 = unlimited) (default: the model's first training "
                         "left context)")
+    # training counts chunk and left context in 40 ms encoder frames: the unit-less
+    # spellings copied from a training command would silently mean something else here
+    add_refused_option(g, "--left-context", "decoding takes milliseconds: --left-context-ms MS "
+                                            "(training's --left-context 32 frames = --left-context-ms 1280)")
+    add_refused_option(g, "--chunk-size", "decoding takes milliseconds: --chunk-sizes-ms MS ... "
+                                          "(training's --chunk-size 8 frames = --chunk-sizes-ms 320)")
     g.add_argument("--max-duration", type=float, default=200.0,
                    help="offline/simulated: seconds of audio per batch (default: %(default)s)")
     g.add_argument("--num-streams", type=int, default=32, help="streaming: streams decoded together (default: %(default)s)")

@@ -14,6 +14,7 @@ import importlib
 import logging
 from typing import Any, Optional
 
+from asr_kd.options import add_refused_option, mapped_value
 from asr_kd.train.losses import add_loss_arguments
 from asr_kd.train.optim import SCHEDULES
 
@@ -107,10 +108,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off) (default: %(default)s)")
     g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
                    help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32 (default: %(default)s)")
+    g.add_argument("--use-fp16", dest="amp", type=mapped_value({"true": "fp16", "false": "none"}, "--use-fp16"),
+                   help="icefall's spelling: true = --amp fp16, false = --amp none (default: --amp's)")
     g.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     g.add_argument("--max-bad-batches", type=int, default=10,
                    help="abort after this many consecutive non-finite batches (default: %(default)s)")
     add_loss_arguments(parser)
+
+    g = parser.add_argument_group("icefall spellings with no equivalent here")
+    add_refused_option(g, "--start-epoch", "an interrupted run continues with --resume (newest checkpoint, "
+                                           "mid-epoch included); --continue-from CKPT starts a new run from another's epoch")
+    add_refused_option(g, "--world-size", "launch several processes with torchrun --nproc-per-node N "
+                                          "-m asr_kd.bin.train ... (or run.sh --num-gpus N)")
 
     g = parser.add_argument_group("checkpoints and logging")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
