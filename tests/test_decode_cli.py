@@ -1,5 +1,7 @@
 """End to end: python -m asr_kd.bin.decode and asr_kd.bin.compare on a tiny synthetic set."""
 import json
+from pathlib import Path
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +67,11 @@ def setup(tmp_path_factory):
     return d, ckpt, bpe, model
 
 
+# the <setting> part of output file names, as docs/decoding.md describes it
+SETTING_RX = (r"(?:greedy|modified_beam_search_beam\d+)-(?:offline|streaming|simulated-streaming)"
+              r"(?:-chunk\d+ms-left(?:-1|\d+)ms)?")
+
+
 def _run(d, ckpt, out, *extra):
     args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out),
             "--model-name", "tiny", "--no-progress", *extra]
@@ -105,6 +112,16 @@ def test_decode_modes_rows_and_determinism(setup, tmp_path):
     assert "empty audio" in notes["empty"] and "shorter" in notes["short"] and "silence" in notes["silence"]
     assert all(t["hyp"] == [] for t in timings if t["note"])
     assert any(t["hyp"] for t in timings)
+    # every output file name pattern docs/decoding.md states matches what was written
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "decoding.md").read_text()
+    patterns = set(re.findall(r"`((?:recogs|errs|wer-summary|timings)-<[^`]*)`", doc))
+    assert {p.split("-<")[0] for p in patterns} == {"recogs", "errs", "wer-summary", "timings"}
+    written = [p.name for p in out.iterdir()]
+    for pattern in patterns:
+        fields = {"<set>": "test", "<model>": "tiny", "<setting>": SETTING_RX}
+        rx = re.compile("".join(fields.get(part, re.escape(part)) for part in re.split(r"(<[a-z]+>)", pattern)) + "$")
+        assert any(rx.match(n) for n in written), f"docs/decoding.md names {pattern}; written: {sorted(written)}"
+        assert all(rx.match(n) for n in written if n.startswith(pattern.split("-<")[0] + "-")), pattern
     # decoding twice gives identical files
     first = {p.name: p.read_bytes() for p in out.glob("*.txt")}
     _run(d, ckpt, out, "--mode", "streaming", "--chunk-sizes-ms", "320,640")
