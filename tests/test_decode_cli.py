@@ -256,3 +256,25 @@ def test_two_models_in_one_out_dir_and_checkpoint_with_epoch(setup, tmp_path, ca
     assert decode_cli.main(["--checkpoint", str(ckpt), "--exp-dir", str(d), "--epoch", "1", "--cuts",
                             str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out)]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+def test_device_auto_resolves_to_what_torch_sees(setup, tmp_path):
+    assert decode_cli.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert decode_cli.resolve_device("cpu") == "cpu" and decode_cli.resolve_device("cuda:1") == "cuda:1"
+    d, ckpt, _, _ = setup
+    rows = _run(d, ckpt, tmp_path / "out", "--mode", "offline")  # no --device: auto
+    assert {r["device"] for r in rows} == {"cuda" if torch.cuda.is_available() else "cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
+@pytest.mark.parametrize("extra", [["--mode", "offline"], ["--mode", "streaming", "--chunk-sizes-ms", "320"],
+                                   ["--mode", "streaming", "--chunk-sizes-ms", "320", "--method",
+                                    "modified_beam_search", "--beam", "2"]])
+def test_cuda_decoding_equals_cpu(setup, tmp_path, extra):
+    d, ckpt, _, _ = setup
+    cpu = _run(d, ckpt, tmp_path / "cpu", "--device", "cpu", *extra)
+    gpu = _run(d, ckpt, tmp_path / "gpu", "--device", "cuda", *extra)
+    for a, b in zip(cpu, gpu):
+        assert a["wer"] == b["wer"] and a["device"] == "cpu" and b["device"] == "cuda"
+    for f in (tmp_path / "cpu").glob("recogs-*.txt"):
+        assert f.read_text() == (tmp_path / "gpu" / f.name).read_text()

@@ -53,7 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="sentencepiece model (default: the one recorded in the checkpoint)")
     g.add_argument("--model-name", default=None,
                    help="row name, also part of the output file names (default: exp dir / checkpoint stem)")
-    g.add_argument("--device", default="cpu", help="cpu | cuda[:n] (default: %(default)s)")
+    g.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda[:n]; auto: cuda when a GPU is visible, else cpu (default: %(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--cuts", type=Path, required=True, help="lhotse CutSet manifest with audio (required)")
     g.add_argument("--test-set-name", default=None, help="test set name in rows and file names (default: the manifest's name)")
@@ -140,6 +141,13 @@ def checkpoint_paths(args: argparse.Namespace) -> List[Path]:
     return paths
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_model(paths: Sequence[Path], device: str) -> torch.nn.Module:
     """The model of one checkpoint, or the element-wise average of several, in eval mode."""
     arg: Any = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError:
         pass
     paths = checkpoint_paths(args)
+    args.device = resolve_device(args.device)
     model = load_model(paths, args.device)
     bpe = args.bpe_model or _bpe_from_checkpoint(paths[-1])
     if bpe is None:

@@ -291,7 +291,7 @@ decode_model() {
     die "decode_align=$decode_align in $conf: empty or teacher"
   fi
   out=$exp_dir/$name/decode
-  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms modes=$student_decode_modes beam=$beam_size@$beam_chunk_ms subset=$train_subset_utts threads=$decode_threads"
+  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms modes=$student_decode_modes beam=$beam_size@$beam_chunk_ms subset=$train_subset_utts threads=$decode_threads device=$train_device"
   [ ${#align[@]} -eq 0 ] || key="$key align=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1)"
   if stage_done "$out/.done" "$key"; then
     log "stage 8: $name already decoded"
@@ -305,7 +305,8 @@ decode_model() {
   rm -rf "$out"  # only ever an interrupted decode of this model
   mkdir -p "$out"
   local dec=("$python" -m asr_kd.bin.decode --checkpoint "$ckpt" --model-name "$name" --out-dir "$out"
-             --results-json "$exp_dir/results.json" --num-threads "$decode_threads" --no-progress "${align[@]}")
+             --results-json "$exp_dir/results.json" --num-threads "$decode_threads" --no-progress
+             --device "$train_device" "${align[@]}")
   for set in $eval_sets; do
     if [ "$kind" = teacher ]; then
       "${dec[@]}" --cuts "$(cuts_of "$set")" --method greedy --mode offline

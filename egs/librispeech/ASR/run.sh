@@ -51,7 +51,8 @@ train_subsets=${train_subsets:-$preset_train_subsets}
 
 train_set=train
 dev_set=dev-clean
-test_sets="test-clean test-other"
+# evaluation sets besides dev-clean (beam search runs on these); a preset may narrow them
+test_sets=${test_sets:-dev-other test-clean test-other}
 lang_dir=$data/lang_bpe_${bpe_vocab}
 noise_sets=
 [ -z "$musan_dir" ] || { noise_sets=musan; train_args="${train_args:-} --noise-cuts $data/fbank/cuts_musan.jsonl.gz"; }
