@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The LibriSpeech recipe: a local LibriSpeech copy, then the model stages shared
 # by every recipe (egs/common/stages.sh): teacher, streaming baseline, two-stage
-# distillation, ablations, decoding test-clean and test-other, results.
+# distillation, ablations, decoding dev-clean, dev-other, test-clean and test-other, results.
 #
 #   bash egs/librispeech/ASR/run.sh --corpus-dir DIR [--preset NAME] [--train-subsets "..."] ...
 #
@@ -11,7 +11,7 @@
 #   2  BPE model (sentencepiece, bpe_vocab)                   -> DATA_DIR/lang_bpe_<bpe_vocab>
 # Recipe options:
 #   --corpus-dir DIR           the folder holding LibriSpeech's subset folders (train-clean-100/,
-#                              dev-clean/, test-clean/, test-other/, ...); required
+#                              dev-clean/, dev-other/, test-clean/, test-other/, ...); required
 #   --train-subsets "A B"      training subsets (default: the preset's preset_train_subsets; 960 h:
 #                              "train-clean-100 train-clean-360 train-other-500")
 #   --alignments-dir DIR       word alignments, <speaker>-<chapter>.alignment.txt in the corpus
