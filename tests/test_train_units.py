@@ -423,3 +423,39 @@ def test_num_layers_flag_overrides_the_preset_depth() -> None:
     assert deeper.encoder.num_layers == 3 and len(build_transducer(deeper).encoder.layers) == 3
     with pytest.raises(ValueError, match="--num-layers must be >= 1"):
         cfg("--num-layers", "0")
+
+
+def test_eta_meter_follows_the_audio_rate() -> None:
+    from asr_kd.train.eta import EtaMeter, format_duration
+
+    meter = EtaMeter(epoch_audio_s=1000.0, min_elapsed_s=60.0)
+    meter.start_epoch(batches_before=0, now=0.0)
+    for _ in range(10):
+        meter.update(20.0)  # 200 s of audio ...
+    assert meter.estimate(epochs_after=2, now=30.0) is None  # ... but within the first minute: no estimate
+    # 200 s of audio in 100 s: rate 2; 800 s left in the epoch -> 400 s; two more epochs -> +1000 s
+    assert meter.estimate(epochs_after=2, now=100.0) == pytest.approx((400.0, 1400.0))
+    meter.start_epoch(batches_before=5, now=0.0)  # resumed after 5 batches (counted at 20 s each)
+    for _ in range(10):
+        meter.update(20.0)
+    assert meter.estimate(epochs_after=0, now=100.0) == pytest.approx(((1000.0 - 300.0) / 2.0, 350.0))
+    assert EtaMeter(epoch_audio_s=0.0).estimate(1, now=1e9) is None  # epoch size unknown
+    assert [format_duration(s) for s in (42, 192, 3725)] == ["42s", "3m12s", "1h02m"]
+
+
+def test_trainer_logs_an_eta(tmp_path, caplog) -> None:
+    import logging
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    cfg = OptimConfig(lr=1e-2, warmup_batches=1)
+    opt = build_optimizer(model.parameters(), cfg)
+    tr = Trainer(model, _ToyLoss(), opt, WarmupDecaySchedule(opt, cfg),
+                 TrainerConfig(exp_dir=tmp_path, num_epochs=3, progress=False, log_interval=2, epoch_audio_s=40.0),
+                 DistInfo(0, 1, 0, torch.device("cpu"), None))
+    tr.eta.min_elapsed_s = 0.0
+    batches = [{"x": torch.randn(5, 4), "feature_lens": torch.tensor([500, 500]), "cut_ids": ["a"]}] * 2
+    with caplog.at_level(logging.INFO, logger="asr_kd.train.trainer"):
+        tr.train_one_epoch(batches)
+    lines = [r.getMessage() for r in caplog.records if "batch 2" in r.getMessage()]
+    assert lines and "; ETA epoch" in lines[0] and ", run " in lines[0]

@@ -33,8 +33,8 @@ sees the same perturbed audio (``clean_features`` only removes noise and masks).
 from __future__ import annotations
 
 import itertools
-
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +230,10 @@ def _num_feature_frames(cut) -> int:
 
 def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
                       encoder_frames: Optional[Callable[[int], int]] = None,
-                      max_speed: float = 1.0, manifest: str = "training manifest"):
-    """Drop cuts whose encoder frame count is smaller than their token count.
+                      max_speed: float = 1.0, manifest: str = "training manifest",
+                      min_seconds: float = 0.0, max_seconds: float = math.inf,
+                      stats: Optional[dict] = None):
+    """Drop cuts whose encoder frame count is smaller than their token count, or outside a duration range.
 
     A regular transducer can emit several symbols per frame, but the pruned
     loss (and icefall practice) needs ``T' >= U``; such utterances are almost
@@ -255,6 +257,10 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
         a cut is kept only if its fastest copy, ``1/max_speed`` as long, is
         still long enough.
       manifest: how errors name the manifest (e.g. "--cuts-valid data/dev.jsonl.gz").
+      min_seconds / max_seconds: keep only cuts with ``min_seconds <= duration <= max_seconds``
+        (the original duration, before speed perturbation; icefall keeps 1-20 s of
+        LibriSpeech); the number dropped is logged with examples.
+      stats: if given, filled with ``kept_cuts`` and ``kept_seconds`` (audio of the kept cuts).
     Returns:
       the kept cuts as a CutSet; the number dropped and the first few ids are logged (WARNING if > 0).
     """
@@ -279,12 +285,16 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
             return False
         return True
 
+    def in_range(cut) -> bool:
+        return min_seconds <= cut.duration <= max_seconds
+
     def long_enough(cut) -> bool:
-        return fits(cut, len(tokens_of(cut)[0]))
+        return in_range(cut) and fits(cut, len(tokens_of(cut)[0]))
 
     # one streaming pass: checks every transcript, counts what is dropped; a lazy
     # set stays lazy (the same test is applied again when it is read)
-    kept, dropped, with_unk, total = [], [], [], 0
+    kept, dropped, out_of_range, with_unk, total = [], [], [], [], 0
+    kept_cuts, kept_seconds = 0, 0.0
     lazy = bool(getattr(cuts, "is_lazy", False))
     for cut in cuts:
         total += 1
@@ -294,14 +304,24 @@ def filter_short_cuts(cuts, tokenizer, subsampling_factor: int = 4,
                 raise ValueError(f"cut {cut.id!r} in the {manifest}: the transcript {text[:60]!r} is all <unk> "
                                  f"for the BPE model {getattr(tokenizer, 'model_path', '')}; fix or remove it")
             with_unk.append(f"{cut.id}: {text[:40]!r}")
-        if not fits(cut, len(ids)):
+        if not in_range(cut):
+            out_of_range.append(f"{cut.id} ({cut.duration:.2f} s)")
+        elif not fits(cut, len(ids)):
             dropped.append(cut.id)
-        elif not lazy:
-            kept.append(cut)
+        else:
+            kept_cuts += 1
+            kept_seconds += cut.duration
+            if not lazy:
+                kept.append(cut)
     (log.warning if dropped else log.info)(
         "filter_short_cuts: dropped %d of %d cuts (fewer encoder frames than tokens)%s", len(dropped), total,
         f", e.g. {', '.join(dropped[:5])}" if dropped else "",
     )
+    if out_of_range:
+        log.info("filter_short_cuts: dropped %d of %d cuts outside %g-%g s, e.g. %s", len(out_of_range), total,
+                 min_seconds, max_seconds, ", ".join(out_of_range[:5]))
+    if stats is not None:
+        stats.update(kept_cuts=kept_cuts, kept_seconds=kept_seconds)
     if with_unk:
         log.warning("%s: %d of %d transcripts contain <unk> (characters the BPE model does not know), e.g. %s",
                     manifest, len(with_unk), total, "; ".join(with_unk[:3]))

@@ -67,6 +67,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cuts-valid", default=None, help="CutSet for the per-epoch validation loss (default: none, no validation)")
     g.add_argument("--bpe-model", required=True, help="sentencepiece model (asr_kd.bin.train_bpe) (required)")
     g.add_argument("--max-duration", type=float, default=200.0, help="seconds of audio per batch (default: %(default)s)")
+    g.add_argument("--min-cut-duration", type=float, default=0.0,
+                   help="train only on cuts of at least this many seconds (counted and logged) (default: %(default)s)")
+    g.add_argument("--max-cut-duration", type=float, default=float("inf"),
+                   help="train only on cuts of at most this many seconds, e.g. 20 as icefall does for "
+                        "LibriSpeech (counted and logged) (default: %(default)s, no limit)")
     g.add_argument("--num-buckets", type=int, default=30, help="DynamicBucketingSampler buckets (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=2, help="data loader workers (0: main process) (default: %(default)s)")
     g.add_argument("--spec-augment", type=str2bool, default=True, help="true/false: SpecAugment on training batches (default: %(default)s)")

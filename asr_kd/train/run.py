@@ -263,9 +263,18 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
             return int(enc.output_lengths(torch.tensor([t]))[0])
 
         max_speed = max(data_cfg.speed_factors) if args.speed_perturb else 1.0
+        if args.min_cut_duration > args.max_cut_duration:
+            raise ValueError(f"--min-cut-duration {args.min_cut_duration} is above --max-cut-duration "
+                             f"{args.max_cut_duration}: no cut could be kept")
+        kept: dict[str, Any] = {}
         train_cuts = filter_short_cuts(_load_cuts(args.cuts_train, "--cuts-train"), tokenizer,
                                        encoder_frames=encoder_frames, max_speed=max_speed,
-                                       manifest=f"training manifest --cuts-train {args.cuts_train}")
+                                       manifest=f"training manifest --cuts-train {args.cuts_train}",
+                                       min_seconds=args.min_cut_duration, max_seconds=args.max_cut_duration,
+                                       stats=kept)
+        # audio of one epoch on this rank (speed perturbation adds copies of 1/f the length), for the ETA
+        copies = 1.0 + (sum(1.0 / f for f in data_cfg.speed_factors) if args.speed_perturb else 0.0)
+        epoch_audio_s = kept.get("kept_seconds", 0.0) * copies / dist.world_size
         if next(iter(train_cuts), None) is None:  # (a lazy set has no len())
             raise ValueError(f"--cuts-train {args.cuts_train}: no cuts left after filtering short utterances")
         if ckpt is None and cont is None and not args.init_from:
@@ -298,7 +307,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
                 amp=resolve_amp(args.amp, dist.device), save_every_n=args.save_every_n,
                 keep_last_k=args.keep_last_k, log_interval=args.log_interval,
                 max_bad_batches=args.max_bad_batches, find_unused_parameters=args.find_unused_parameters,
-                progress=args.progress, seed=args.seed,
+                progress=args.progress, seed=args.seed, epoch_audio_s=epoch_audio_s,
             ),
             dist, sampler=dm.sampler, checkpoint_meta=meta, tb=tb,
         )

@@ -51,6 +51,7 @@ from asr_kd.train.checkpoint import (
     set_rng_state,
 )
 from asr_kd.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, is_distributed
+from asr_kd.train.eta import EtaMeter, format_duration
 from asr_kd.train.metrics import MetricsTracker, TensorBoardLogger
 from asr_kd.train.optim import WarmupDecaySchedule
 
@@ -79,6 +80,8 @@ class TrainerConfig:
       find_unused_parameters: passed to DistributedDataParallel.
       progress: tqdm progress bar on the main rank.
       seed: seed of the data loaders' own generators (see module docstring).
+      epoch_audio_s: seconds of training audio one epoch gives this rank (0: unknown); with
+        it the log lines carry an ETA of the epoch and of the run (``asr_kd.train.eta``).
     """
 
     exp_dir: Path
@@ -92,6 +95,7 @@ class TrainerConfig:
     find_unused_parameters: bool = False
     progress: bool = True
     seed: int = 0
+    epoch_audio_s: float = 0.0
 
 
 @dataclass
@@ -172,6 +176,7 @@ class Trainer:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.cfg = cfg
+        self.eta = EtaMeter(cfg.epoch_audio_s)
         self.dist = dist
         self.sampler = sampler
         self.meta = dict(checkpoint_meta or {})
@@ -396,8 +401,10 @@ class Trainer:
         if self.scaler.is_enabled():
             self.tb.scalars("train", {"grad_scale": float(self.scaler.get_scale())}, step)
         if self.dist.is_main:
-            log.info("epoch %d batch %d (total %d): %s, lr=%.3g, grad_norm=%.3g",
-                     self.epoch, self.batch_idx, step, tracker, res.lr, res.grad_norm)
+            eta = self.eta.estimate(self.cfg.num_epochs - self.epoch)
+            log.info("epoch %d batch %d (total %d): %s, lr=%.3g, grad_norm=%.3g%s",
+                     self.epoch, self.batch_idx, step, tracker, res.lr, res.grad_norm,
+                     "" if eta is None else f"; ETA epoch {format_duration(eta[0])}, run {format_duration(eta[1])}")
 
     def train_one_epoch(self, loader: Iterable[dict[str, Any]]) -> MetricsTracker:
         """Train over the rest of the current epoch of ``loader``; returns the epoch's local tracker."""
@@ -409,9 +416,13 @@ class Trainer:
         epoch_tracker, interval = self.epoch_tracker, MetricsTracker()
         bar = tqdm(desc=f"epoch {self.epoch}", initial=self.batch_idx, unit="batch", dynamic_ncols=True,
                    disable=not (self.cfg.progress and self.dist.is_main))
+        self.eta.start_epoch(self.batch_idx)
         try:
             for batch in it:
                 res = self.train_step(batch)
+                lens = batch.get("feature_lens") if isinstance(batch, dict) else None
+                if lens is not None:
+                    self.eta.update(float(torch.as_tensor(lens).sum()) / 100.0)  # 10 ms feature frames
                 self.batch_idx += 1
                 bar.update(1)
                 if not res.skipped:
