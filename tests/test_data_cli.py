@@ -53,7 +53,7 @@ def test_compute_fbank_speed_perturb(raw_cuts, tmp_path):
 
     out = tmp_path / "sp.jsonl.gz"
     main(["--cuts", str(raw_cuts), "--out-cuts", str(out), "--storage", str(tmp_path / "f"),
-          "--speed-perturb", "0.9,1.1", "--storage-type", "numpy_files"])
+          "--speed-factors", "0.9,1.1", "--storage-type", "numpy_files"])
     cuts = CutSet.from_file(out)
     assert len(cuts) == 18
     by_id = {c.id: c for c in cuts}

@@ -6,7 +6,7 @@
 * Features go to ``STORAGE/<out-cuts stem>-<k>.lca`` (LilcomChunkyWriter: lossy,
   about 1e-2 absolute error in the log-mel domain; ``--storage-type numpy_files``
   stores exact float32 arrays instead).
-* ``--speed-perturb 0.9,1.1`` adds speed-perturbed copies of every cut before
+* ``--speed-factors 0.9,1.1`` adds speed-perturbed copies of every cut before
   computing (the way to train with speed perturbation from stored features).
 * Recordings not at 16 kHz are resampled when loaded.
 * Idempotent: if OUT_CUTS exists nothing is done (``--force`` recomputes). The
@@ -143,14 +143,20 @@ def compute_fbank(cuts_path: Path, out_cuts: Path, storage: Path, num_jobs: int 
 
 
 def get_parser() -> argparse.ArgumentParser:
+    from asr_kd.options import add_refused_option
+
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.compute_fbank", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cuts", type=Path, required=True, help="input CutSet with recordings (required)")
     p.add_argument("--out-cuts", type=Path, required=True, help="output CutSet with features; if it exists nothing is done unless --force (required)")
     p.add_argument("--storage", type=Path, required=True, help="directory for feature files (required)")
     p.add_argument("--num-jobs", type=int, default=1,
                    help="worker processes, one torch thread each; values < 1 count as 1 (default: %(default)s)")
-    p.add_argument("--speed-perturb", type=str, default="",
-                   help="comma-separated extra speed factors, e.g. 0.9,1.1 (default: none)")
+    p.add_argument("--speed-factors", type=str, default="",
+                   help="comma-separated extra speed factors, e.g. 0.9,1.1: a perturbed copy of every cut per "
+                        "factor (default: none)")
+    # training's --speed-perturb is true/false (copies on the fly): the same name must not mean a list here
+    add_refused_option(p, "--speed-perturb", "precomputed copies are --speed-factors 0.9,1.1 here "
+                                             "(asr_kd.bin.train's --speed-perturb true/false makes them on the fly)")
     p.add_argument("--storage-type", choices=_STORAGE_TYPES, default="lilcom_chunky",
                    help="feature storage: lilcom_chunky (lossy, compact; needs the lilcom package) or "
                         "numpy_files (exact float32) (default: %(default)s)")
@@ -161,7 +167,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    factors = [float(x) for x in args.speed_perturb.split(",") if x.strip()]
+    factors = [float(x) for x in args.speed_factors.split(",") if x.strip()]
     compute_fbank(args.cuts, args.out_cuts, args.storage, num_jobs=args.num_jobs,
                   speed_perturb=factors, storage_type=args.storage_type, force=args.force)
 

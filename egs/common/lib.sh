@@ -198,7 +198,7 @@ fbank_sets() {
   shift 2
   for part in "$@"; do
     sp=()
-    [ -z "$speed" ] || [ "$part" != "$1" ] || sp=(--speed-perturb "$speed")
+    [ -z "$speed" ] || [ "$part" != "$1" ] || sp=(--speed-factors "$speed")
     move_aside "$data/fbank/feats_$part"
     "$python" -m asr_kd.bin.compute_fbank --cuts "$raw/cuts_${part}_raw.jsonl.gz" \
       --out-cuts "$data/fbank/cuts_${part}.jsonl.gz" --storage "$data/fbank/feats_$part" \
