@@ -245,6 +245,12 @@ def _pairs_with_indices(ref: Sequence[str], hyp: Sequence[str]) -> List[Tuple[in
     return out
 
 
+def _correct_pairs(u: UtteranceTiming) -> List[Tuple[int, int]]:
+    """(reference index, hypothesis index) of every aligned pair whose words are equal."""
+    return [(ri, hj) for ri, hj, r, h in _pairs_with_indices(u.ref_words, u.hyp.words)
+            if ri >= 0 and hj >= 0 and r == h]
+
+
 def _usable(utts: Sequence[UtteranceTiming]) -> List[UtteranceTiming]:
     return [u for u in utts if u.ref_words and u.ref_starts_s is not None]
 
@@ -287,10 +293,9 @@ def mean_symbol_delay(utts: Sequence[UtteranceTiming]) -> SymbolDelay:
     emis: List[float] = []
     avail: List[float] = []
     for u in usable:
-        for ri, hj, r, h in _pairs_with_indices(u.ref_words, u.hyp.words):
-            if ri >= 0 and hj >= 0 and r == h:
-                emis.append(u.hyp.emission_s[hj] - u.ref_starts_s[ri])
-                avail.append(u.hyp.availability_s[hj] - u.ref_starts_s[ri])
+        for ri, hj in _correct_pairs(u):
+            emis.append(u.hyp.emission_s[hj] - u.ref_starts_s[ri])
+            avail.append(u.hyp.availability_s[hj] - u.ref_starts_s[ri])
     if not emis:
         return SymbolDelay(None, None, 0, "no reference word was recognised correctly")
     return SymbolDelay(1000.0 * math.fsum(emis) / len(emis), 1000.0 * math.fsum(avail) / len(avail),
@@ -309,9 +314,8 @@ def word_end_latency(utts: Sequence[UtteranceTiming]) -> WordEndLatency:
         return WordEndLatency(None, None, 0, 0, reason)
     lat: List[float] = []
     for u in usable:
-        for ri, hj, r, h in _pairs_with_indices(u.ref_words, u.hyp.words):
-            if ri >= 0 and hj >= 0 and r == h:
-                lat.append(1000.0 * (u.hyp.availability_s[hj] - u.ref_ends_s[ri]))
+        for ri, hj in _correct_pairs(u):
+            lat.append(1000.0 * (u.hyp.availability_s[hj] - u.ref_ends_s[ri]))
     if not lat:
         return WordEndLatency(None, None, 0, len(usable), "no reference word was recognised correctly")
     arr = np.asarray(lat, dtype=np.float64)
