@@ -31,6 +31,9 @@
 #     train_subset_utts (100) the teacher also decodes (offline greedy) the first N
 #                             training cuts: row "train_subset", a learning sanity check (0: off)
 #     decode_threads (1), beam_size (4)
+#     decode_jobs (1)         CPU only: decode up to N models at once in stage 8, each
+#                             on decode_threads threads (2 on 2 cores: a decode job is
+#                             single-threaded, so one core would otherwise idle)
 #     teacher_cache (false)   true: stage 5 first stores the teacher's encoder outputs of
 #                             the train and dev cuts (asr_kd.bin.cache_teacher, layers
 #                             teacher_cache_layers, "-1") in EXP_DIR/teacher-cache, and the
@@ -55,6 +58,7 @@ beam_chunk_ms=${beam_chunk_ms:-${decode_chunk_ms%% *}}
 train_subset_utts=${train_subset_utts:-100}
 decode_threads=${decode_threads:-1}
 train_jobs=${train_jobs:-1}
+decode_jobs=${decode_jobs:-1}
 delay_penalty=${delay_penalty:-0.005}
 beam_size=${beam_size:-4}
 decode_align=${decode_align:-}
@@ -129,10 +133,12 @@ train_model() {
   fi
   mkdir -p "$exp_dir/$name"
   train_launcher "$name"
+  [ "$world_size" -eq 1 ] || log "stage $n: launcher: ${launcher[*]}"
   "${launcher[@]}" --exp-dir "$exp_dir/$name" "${start[@]}" "$@"
   mark_done "$exp_dir/$name/.done" "$key"
   if [ "$node_rank" -gt 0 ]; then  # node 0 writes the marker; wait for it before going on
     local t=0
+    log "stage $n: node $node_rank waits for node 0 to mark $name done"
     until model_done "$name" "$key"; do
       [ "$t" -lt 600 ] || die "node $node_rank: node 0 has not marked $name done in $exp_dir/$name/.done after 600 s (is EXP_DIR shared?)"
       sleep 2; t=$((t + 2))
@@ -347,10 +353,33 @@ fi
 if run_stage 8; then
   for set in $eval_sets; do need 8 "$(cuts_of "$set")" 1; done
   need 8 "$teacher_ckpt" 3
-  decode_model teacher teacher
-  for name in $student_models; do
-    decode_model "$name" student
-  done
+  if [ "$decode_jobs" -ge 2 ] && [ "$train_device" != cuda ]; then
+    # every model decodes into its own directory and results.json is updated under a
+    # lock, so models can decode side by side; each job's output goes to
+    # EXP_DIR/<model>.decode.out
+    log "stage 8: up to $decode_jobs models at a time (progress: tail -f $exp_dir/*.decode.out)"
+    pids=() names=() failed=""
+    for spec in teacher:teacher $(for n in $student_models; do echo "$n:student"; done); do
+      while [ "$(jobs -rp | wc -l)" -ge "$decode_jobs" ]; do wait -n || true; done
+      decode_model "${spec%%:*}" "${spec#*:}" > "$exp_dir/${spec%%:*}.decode.out" 2>&1 &
+      pids+=("$!") names+=("${spec%%:*}")
+    done
+    trap 'for p in "${pids[@]}"; do pkill -P "$p"; kill "$p"; done 2>/dev/null' INT TERM
+    for i in "${!pids[@]}"; do
+      wait "${pids[$i]}" || failed="$failed ${names[$i]}"
+    done
+    trap - INT TERM
+    for n in "${names[@]}"; do grep '\[run.sh\]' "$exp_dir/$n.decode.out" || true; done
+    if [ -n "$failed" ]; then
+      for n in $failed; do tail -n 20 "$exp_dir/$n.decode.out" >&2; done
+      die "stage 8 failed for:$failed (see $exp_dir/<model>.decode.out)"
+    fi
+  else
+    decode_model teacher teacher
+    for name in $student_models; do
+      decode_model "$name" student
+    done
+  fi
 fi
 
 if run_stage 9; then
@@ -378,7 +407,7 @@ if run_stage 9; then
       --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
       --bootstrap $pairs --bootstrap-setting "greedy-streaming-chunk${bootstrap_chunk_ms}ms" \
       --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
-      --header "decoding threads: $decode_threads; student chunk: $decode_chunk_ms ms; left context: $((${left_context%%,*} * 40)) ms$latency_note"
+      --header "decoding threads: $decode_threads per model, $decode_jobs model(s) at a time; student chunk: $decode_chunk_ms ms; left context: $((${left_context%%,*} * 40)) ms$latency_note"
     mark_done "$exp_dir/.stage9.done" "$key"
   fi
 fi
