@@ -16,9 +16,13 @@ from typing import Any, Optional
 
 from asr_kd.options import add_refused_option, mapped_value
 from asr_kd.train.losses import add_loss_arguments
-from asr_kd.train.optim import SCHEDULES
+from asr_kd.train.optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sanitize_args"]
+__all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sanitize_args",
+           "resolve_max_grad_norm", "DEFAULT_MAX_GRAD_NORM"]
+
+#: --max-grad-norm when not given and --optimizer is adamw (with scaled-adam: 0, off)
+DEFAULT_MAX_GRAD_NORM = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +106,30 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based) (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW) (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW decoupled weight decay (matrices) (default: %(default)s)")
+    g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help="adamw: AdamW, for the Conformer; scaled-adam: ScaledAdam (asr_kd.train.scaled_adam), "
+                        "steps relative to each tensor's RMS, for the Zipformer; it clips gradients itself "
+                        "(--clipping-scale) and ignores --weight-decay; its --lr is a relative step size "
+                        "(icefall's Zipformer recipe: 0.045) (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=2e-3,
+                   help="peak learning rate (for --optimizer scaled-adam a relative step size) (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=1e-2,
+                   help="AdamW decoupled weight decay (matrices); unused by scaled-adam (default: %(default)s)")
     g.add_argument("--warmup-batches", type=int, default=500, help="linear LR warm-up length in batches (default: %(default)s)")
     g.add_argument("--lr-batches", type=float, default=5000.0, help="batch decay constant of the LR (default: %(default)s)")
     g.add_argument("--lr-epochs", type=float, default=6.0, help="epoch decay constant of the LR (default: %(default)s)")
     g.add_argument("--lr-schedule", default="inverse-sqrt", choices=SCHEDULES,
                    help="decay form after warm-up: inverse-sqrt = (1+b/B)^-0.5 (1+e/E)^-0.5, "
                         "eden = ((b^2+B^2)/B^2)^-0.25 ((e^2+E^2)/E^2)^-0.25 (default: %(default)s)")
-    g.add_argument("--max-grad-norm", type=float, default=5.0, help="gradient clipping (<= 0: off) (default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=None,
+                   help="clip the global gradient L2 norm to this (<= 0: off), applied by the training loop "
+                        f"before the optimiser (default: {DEFAULT_MAX_GRAD_NORM:g} with --optimizer adamw; 0 = off "
+                        "with scaled-adam, which clips by itself (--clipping-scale); a value given here applies "
+                        "with either)")
+    g.add_argument("--clipping-scale", type=float, default=2.0,
+                   help="--optimizer scaled-adam only: clip the gradient at this multiple of the median of the "
+                        "last 100 gradient norms (RMS-weighted, see asr_kd.train.scaled_adam) (<= 0: no "
+                        "clipping) (default: %(default)s)")
     g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
                    help="autocast on CUDA (auto: bf16 when supported, else fp16); CPU always float32 (default: %(default)s)")
     g.add_argument("--use-fp16", dest="amp", type=mapped_value({"true": "fp16", "false": "none"}, "--use-fp16"),
@@ -162,9 +181,31 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: DistributedDataParallel find_unused_parameters (default: %(default)s)")
 
 
+def resolve_max_grad_norm(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in ``--max-grad-norm`` when it was not given: 5 for adamw, 0 (off) for scaled-adam.
+
+    ScaledAdam clips relative to the median of recent gradient norms
+    (``--clipping-scale``); a fixed norm clip before it would clip twice.  An
+    explicit ``--max-grad-norm`` is kept.  Idempotent; ``build_parser``'s
+    parser calls it after parsing, so ``args.max_grad_norm`` is always a number.
+    """
+    if getattr(args, "max_grad_norm", 0.0) is None:
+        scaled = getattr(args, "optimizer", "adamw") == "scaled-adam"
+        args.max_grad_norm = 0.0 if scaled else DEFAULT_MAX_GRAD_NORM
+    return args
+
+
+class _TrainingParser(argparse.ArgumentParser):
+    """ArgumentParser that resolves defaults depending on other flags (``resolve_max_grad_norm``)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        return resolve_max_grad_norm(ns), rest
+
+
 def build_parser(with_kd: bool = True) -> argparse.ArgumentParser:
     """Parser with the training flags, plus the KD flags when ``asr_kd.train.kd`` is present."""
-    parser = argparse.ArgumentParser(
+    parser = _TrainingParser(
         prog="python -m asr_kd.bin.train",
         description="Train a transducer teacher (--causal false) or streaming student (--causal true).",
     )

@@ -114,6 +114,12 @@ def carry_training_state(trainer: Any, ckpt: dict[str, Any], where: str) -> int:
     if not ckpt.get("epoch_done") or "optimizer" not in ckpt or "scheduler" not in ckpt:
         raise ValueError(f"--continue-from {where}: not an end-of-epoch training checkpoint (epoch-<e>.pt); "
                          f"pretrained.pt and mid-epoch checkpoint-<b>.pt cannot be continued")
+    their_args = ckpt.get("args") or {}
+    theirs = their_args.get("optimizer", "adamw")  # training runs before --optimizer used AdamW
+    ours = type(trainer.optimizer).__name__
+    if their_args and (theirs == "scaled-adam") != (ours == "ScaledAdam"):
+        raise ValueError(f"--continue-from {where}: that run used --optimizer {theirs}, this one builds {ours}; "
+                         "optimizer moments cannot be carried between optimizers (use --init-from for the weights)")
     trainer.model.load_state_dict(ckpt["model"])
     _carry_loss_computer(trainer.loss_computer, ckpt.get("loss_computer") or {}, where)
     _carry_optimizer(trainer, ckpt, where)

@@ -1,14 +1,27 @@
 """Optimiser and learning-rate schedule.
 
-Optimiser: AdamW (decoupled weight decay).  Weight decay applies to weight
-matrices and convolution kernels only (parameters with ``dim() >= 2``);
-biases, LayerNorm gains and other vectors are not decayed, since shrinking
-them towards zero has no regularising meaning.  Why AdamW and not a
-ScaledAdam-like optimiser: the Conformer here is a conventional pre-norm
-network (LayerNorm, no learnt per-tensor scales), for which Adam with a
-warm-up is the established recipe (Transformer/Conformer papers, WeNet,
-ESPnet); a scale-aware optimiser pays off for architectures designed around
-it and adds hyper-parameters that would have to be re-tuned per preset.
+Optimiser (``OptimConfig.optimizer``, ``--optimizer``):
+
+* ``"adamw"`` (default): AdamW (decoupled weight decay).  Weight decay
+  applies to weight matrices and convolution kernels only (parameters with
+  ``dim() >= 2``); biases, LayerNorm gains and other vectors are not
+  decayed, since shrinking them towards zero has no regularising meaning.
+  AdamW stays the optimiser of the Conformer: a conventional pre-norm
+  network (LayerNorm, no learnt per-tensor scales), for which Adam with a
+  warm-up is the established recipe (Transformer/Conformer papers, WeNet,
+  ESPnet).
+* ``"scaled-adam"``: ``asr_kd.train.scaled_adam.ScaledAdam``, the optimiser
+  the Zipformer is trained with in icefall.  Its steps are relative to each
+  tensor's RMS and it learns tensor scales explicitly, which suits a model
+  built around learnt scales and without LayerNorm (the Zipformer); it is
+  meant for that model.  It clips gradients itself (``clipping_scale`` times
+  the median of recent gradient norms), so the trainer's own
+  ``--max-grad-norm`` clipping defaults to off with it (``asr_kd.train.args``).
+  ``weight_decay`` is not used by it; its ``lr`` is a relative step size
+  (icefall's Zipformer recipe uses 0.045, against our AdamW default of
+  2e-3).  No comparison of the two optimisers has been run here.
+
+The schedule below sets ``group["lr"]`` and works the same for both.
 
 Schedule (``WarmupDecaySchedule``), a function of the number ``b`` of
 training batches seen so far (skipped bad batches included, see
@@ -51,10 +64,12 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["OptimConfig", "SCHEDULES", "build_optimizer", "WarmupDecaySchedule", "param_groups"]
+__all__ = ["OptimConfig", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "WarmupDecaySchedule", "param_groups"]
 
 #: decay forms of ``WarmupDecaySchedule`` (see the module docstring)
 SCHEDULES = ("inverse-sqrt", "eden")
+#: optimisers ``build_optimizer`` can build (see the module docstring)
+OPTIMIZERS = ("adamw", "scaled-adam")
 
 
 @dataclass
@@ -62,10 +77,13 @@ class OptimConfig:
     """Optimiser + schedule hyper-parameters (the CLI's --lr ... flags).
 
     Attributes:
+      optimizer: ``"adamw"`` (default) or ``"scaled-adam"``.
       lr: peak learning rate ``lr_peak``.
-      weight_decay: AdamW decoupled weight decay for matrices/kernels.
-      betas: Adam (beta1, beta2).
-      eps: Adam epsilon.
+      weight_decay: AdamW decoupled weight decay for matrices/kernels (unused by scaled-adam).
+      betas: Adam (beta1, beta2) (both optimisers).
+      eps: Adam epsilon (both optimisers).
+      clipping_scale: scaled-adam only: clip the gradient at this multiple of the median of
+        recent gradient norms (<= 0: no clipping); unused by AdamW.
       warmup_batches: W (>= 1).
       lr_batches: B_d (> 0; ``math.inf`` disables the batch decay).
       lr_epochs: E_d (> 0; ``math.inf`` disables the epoch decay).
@@ -80,8 +98,12 @@ class OptimConfig:
     lr_batches: float = 5000.0
     lr_epochs: float = 6.0
     schedule: str = "inverse-sqrt"
+    optimizer: str = "adamw"
+    clipping_scale: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.py: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.py: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
@@ -119,11 +141,26 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
     return groups
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over ``params`` (see module docstring for the weight-decay groups)."""
-    return torch.optim.AdamW(
-        param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
-    )
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser ``cfg.optimizer`` over ``params`` (trainable ones, each once).
+
+    ``"adamw"``: AdamW with the two weight-decay groups of ``param_groups``.
+    ``"scaled-adam"``: ScaledAdam with one group and its default
+    hyper-parameters apart from ``lr``, ``betas``, ``eps`` and
+    ``clipping_scale`` (``<= 0``: None, no clipping); ``weight_decay`` is
+    ignored (ScaledAdam has none).
+    """
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(
+            param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        )
+    if cfg.optimizer == "scaled-adam":
+        from asr_kd.train.scaled_adam import ScaledAdam
+
+        trainable = [p for g in param_groups(params, 0.0) for p in g["params"]]
+        clip = cfg.clipping_scale if cfg.clipping_scale > 0 else None
+        return ScaledAdam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clipping_scale=clip)
+    raise ValueError(f"optim.py: optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
 def _inverse_sqrt_decay(n: int, scale: float) -> float:

@@ -11,7 +11,7 @@ Order of events (every rank):
     ``--overwrite`` (``asr_kd.train.expdir``), and a new run id is drawn;
  4. model (``--init-from`` loads weights only; ``--continue-from`` carries the
     full training state, ``asr_kd.train.carry``), loss computer
-    (``losses.build_loss_computer``), AdamW + schedule;
+    (``losses.build_loss_computer``), optimiser (``--optimizer``) + schedule;
  5. re-seed torch/python/numpy with ``seed + rank`` (dropout differs per rank);
  6. cuts: short utterances filtered (``asr_kd.data.filter_short_cuts``,
     count logged), data loaders (sampler state restored on resume);
@@ -32,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from asr_kd.train.args import sanitize_args
+from asr_kd.train.args import resolve_max_grad_norm, sanitize_args
 from asr_kd.train.carry import carry_training_state
 from asr_kd.train.checkpoint import (CheckpointError, epoch_checkpoints, latest_checkpoint, load_checkpoint,
                                      save_averaged)
@@ -44,7 +44,8 @@ from asr_kd.train.metrics import TensorBoardLogger
 from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
 from asr_kd.train.trainer import Trainer, TrainerConfig
 
-__all__ = ["build_model_config", "seed_everything", "run_training", "setup_logging", "resolve_amp"]
+__all__ = ["build_model_config", "build_optim_config", "seed_everything", "run_training", "setup_logging",
+           "resolve_amp"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,14 @@ def build_model_config(args: argparse.Namespace, vocab_size: int):
     if args.frontend_scale == "sqrt-d":  # from the model's own width
         cfg.encoder.frontend_scale = math.sqrt(cfg.encoder.d_model)
     return cfg
+
+
+def build_optim_config(args: argparse.Namespace) -> OptimConfig:
+    """OptimConfig from --optimizer/--lr/--weight-decay/--warmup-batches/--lr-batches/--lr-epochs/
+    --lr-schedule/--clipping-scale."""
+    return OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup_batches=args.warmup_batches, lr_batches=args.lr_batches, lr_epochs=args.lr_epochs,
+                       schedule=args.lr_schedule, clipping_scale=args.clipping_scale)
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -185,6 +194,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
     from asr_kd.data.tokenizer import Tokenizer, file_sha256
     from asr_kd.models import build_transducer
 
+    resolve_max_grad_norm(args)  # (already done by build_parser's parser)
     _check_run_flags(args)
     dist: DistInfo = setup_distributed(args.device)
     exp_dir = Path(args.exp_dir)
@@ -243,9 +253,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
 
         loss_computer = build_loss_computer(args, model, tokenizer)
         extra = list(getattr(loss_computer, "parameters", lambda: iter(()))())
-        optim_cfg = OptimConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_batches=args.warmup_batches,
-                                lr_batches=args.lr_batches, lr_epochs=args.lr_epochs,
-                                schedule=args.lr_schedule)
+        optim_cfg = build_optim_config(args)
         optimizer = build_optimizer(list(model.parameters()) + extra, optim_cfg)
         scheduler = WarmupDecaySchedule(optimizer, optim_cfg)
         seed_everything(args.seed + dist.rank)
