@@ -87,13 +87,18 @@ def test_streaming_equals_simulated_beam(model):
 @pytest.mark.parametrize("L", [8, -1])
 def test_irregular_pieces_and_interleaved_streams(model, L):
     """Streams fed unevenly and stepped at different times decode as if alone."""
-    dec = StreamingDecoder(model, 4, L)
-    ref = dec.decode_waveforms(WAVES)
-    rng = np.random.default_rng(5)
-    streams = [dec.create_stream(str(i)) for i in range(3)]
-    pos = [0, 0, 0]
-    while any(p < len(w) for p, w in zip(pos, WAVES)):
-        for i, w in enumerate(WAVES):
+    assert_interleaved_streams_decode_as_alone(StreamingDecoder(model, 4, L), WAVES)
+
+
+def assert_interleaved_streams_decode_as_alone(dec: StreamingDecoder, waves, seed: int = 5) -> None:
+    """Feed ``waves`` to streams in random pieces, stepping them together (so they drift
+    apart and are batched at different offsets); each result equals decoding it alone."""
+    ref = dec.decode_waveforms(waves)
+    rng = np.random.default_rng(seed)
+    streams = [dec.create_stream(str(i)) for i in range(len(waves))]
+    pos = [0] * len(waves)
+    while any(p < len(w) for p, w in zip(pos, waves)):
+        for i, w in enumerate(waves):
             if pos[i] < len(w) and rng.random() < 0.7:
                 n = int(rng.integers(1, 2500))
                 streams[i].accept_waveform(w[pos[i]:pos[i] + n])

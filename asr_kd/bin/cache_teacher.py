@@ -5,7 +5,7 @@
         --out-dir exp/teacher/cache --layers -1
 
 ``--layers`` lists the *teacher* layers stage 1 maps (the teacher side of
-``--kd-hidden-layers``; -1, the encoder output, is always stored). The cache
+``--kd-hidden-layers``; a Zipformer's stacks; -1, the encoder output, is always stored). The cache
 is computed on clean features (no augmentation) and is resumable: rerunning
 the same command skips finished shards. See ``asr_kd.distill.cache`` for the
 layout and the limits.
@@ -48,6 +48,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from asr_kd.data.tokenizer import file_sha256
     from asr_kd.distill.cache import write_teacher_cache
+    from asr_kd.models.encoders import layer_unit
     from asr_kd.train.kd import load_teacher
     from asr_kd.train.kd_args import resolve_layer
 
@@ -59,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         device = torch.device(args.device)
     teacher, _ = load_teacher(args.teacher_checkpoint, device)
     n = len(teacher.encoder.layers)
-    layers = [resolve_layer(i, n, "teacher") for i in args.layers]
+    layers = [resolve_layer(i, n, "teacher", layer_unit(teacher.encoder)) for i in args.layers]
     index = write_teacher_cache(
         teacher, args.cuts, args.out_dir, layers, args.teacher_checkpoint, file_sha256(args.teacher_checkpoint),
         shard_size=args.shard_size, max_duration=args.max_duration,

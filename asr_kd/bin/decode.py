@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     from asr_kd.decode.pipeline import DecodeSettings, decode_cuts, forced_alignment_times
     from asr_kd.metrics.report import score_and_write
     from asr_kd.metrics.results import RtfMeter, update_results_json
+    from asr_kd.models.encoders import default_chunk
 
     torch.set_num_threads(args.num_threads)
     try:
@@ -222,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     test_set = args.test_set_name or _manifest_name(args.cuts)
     model_name = args.model_name or (args.exp_dir.name if args.exp_dir else paths[-1].stem)
 
-    enc_cfg = model.encoder.cfg
-    causal = bool(enc_cfg.causal)
+    causal = bool(model.encoder.cfg.causal)
+    trained_chunk, trained_left = default_chunk(model.encoder.cfg)  # the first training chunk / left context
     chunk_list = parse_ms_list(args.chunk_sizes_ms)
     if args.mode == "offline":
         if chunk_list:
@@ -232,8 +233,10 @@ def run(args: argparse.Namespace) -> int:
     elif not causal:
         raise ValueError(f"mode {args.mode} needs a chunk-wise (causal) model; {paths[-1]} is full-context")
     elif not chunk_list:
-        chunk_list = [enc_cfg.chunk_sizes[0] * FRAME_MS]
-    default_left = (enc_cfg.left_contexts[0] if enc_cfg.left_contexts else -1) if causal else None
+        if trained_chunk <= 0:
+            raise ValueError(f"{paths[-1]} was trained with full-context chunks first; pass --chunk-sizes-ms")
+        chunk_list = [trained_chunk * FRAME_MS]
+    default_left = trained_left if causal else None
     if args.left_context_ms is not None:
         if args.mode == "offline":
             raise ValueError("--left-context-ms applies to the streaming modes only")
@@ -300,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             "chunk_frames": None if chunk_ms is None else chunk_ms // FEATURE_MS,
             "left_context_ms": left_ms if args.mode != "offline" else None,
             "encoder_context": ("full" if not causal else
-                                f"chunk {enc_cfg.chunk_sizes[0] * FRAME_MS} ms (trained default)"
+                                f"chunk {trained_chunk * FRAME_MS} ms (trained default)"
                                 if args.mode == "offline" else "chunk-wise"),
             "ref_times": source,
             "checkpoints": [str(p) for p in paths],

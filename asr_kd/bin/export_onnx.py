@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> dict:
     if not Path(bpe).is_file():
         raise FileNotFoundError(f"--bpe-model {bpe}: file not found")
     model = load_model(args.checkpoint)
+    if model.config.encoder_type != "conformer":
+        raise ValueError(f"--checkpoint {args.checkpoint}: {model.config.encoder_type} export: not supported yet "
+                         "(only Conformer checkpoints can be exported to ONNX)")
     cfg = model.encoder.cfg
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"checkpoint": str(args.checkpoint), "bpe_model": str(bpe)}

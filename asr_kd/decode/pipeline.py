@@ -40,6 +40,7 @@ from asr_kd.data.text import normalize_text
 from asr_kd.data.features import FBANK_OPTS, FEATURE_PAD_VALUE, compute_online_fbank
 from asr_kd.metrics.latency import TimedWords, reference_word_spans, tokens_to_words
 from asr_kd.metrics.results import RtfMeter
+from asr_kd.models.encoders import default_chunk
 
 from .offline import MODES, encode, search
 from .streaming import StreamingDecoder, min_samples_for_output
@@ -194,7 +195,7 @@ def decode_cuts(model: nn.Module, id_to_piece: Callable[[int], str], cuts: Any, 
     if settings.mode == "streaming":
         lc = settings.left_context
         if lc is None:
-            lc = model.encoder.cfg.left_contexts[0] if model.encoder.cfg.left_contexts else -1
+            lc = default_chunk(model.encoder.cfg)[1]
         streamer = StreamingDecoder(model, settings.chunk_size, lc, settings.method, settings.beam,
                                     settings.max_symbols_per_frame, device)
     outputs: List[UtteranceOutput] = []

@@ -4,24 +4,30 @@ A :class:`Stream` is one utterance/connection. It takes 16 kHz float audio in
 pieces of any size (:meth:`Stream.accept_waveform`), computes features
 incrementally (:class:`asr_kd.data.features.OnlineFbank`) and holds
 
-* the encoder's streaming state (``ConformerEncoder.init_states`` with batch 1),
+* the encoder's streaming state (``encoder.init_states`` with batch 1: the
+  Conformer's or the Zipformer's layout, see ``asr_kd.models``),
 * the search state (:class:`GreedyState` or :class:`BeamState`): hypothesis,
   decoder context/output, frames consumed,
 * per chunk: the encoder frames it produced and its availability time.
 
 A :class:`StreamingDecoder` runs one chunk of every *ready* stream as one
-batch: it stacks their states along the batch axis, calls
+batch: it stacks their states along the batch axis
+(:func:`asr_kd.models.states.stack_states`), calls
 ``encoder.streaming_forward`` once, continues the search on the chunk's
-``K`` encoder frames and splits the states back. Streams may be at different
-positions (per-stream offsets; with unlimited left context, streams are grouped
-by cache length because the cache grows with the offset).
+``K`` encoder frames and splits the states back (``unstack_states``). Streams
+may be at different positions (per-stream offsets); streams are batched with
+others whose state tensors have the same shapes (the Conformer's caches grow
+with the offset under unlimited left context; the Zipformer's have a fixed
+size).
 
 Chunk ``c`` consumes feature frames ``[c·shift, c·shift + input)``
 (``shift = encoder.chunk_shift_frames(K) = 4K``, ``input =
-encoder.chunk_input_frames(K) = 4K + 3``) and is ready when the front end has
-those frames. After :meth:`Stream.input_finished`, a last partial chunk is
-padded with :data:`FEATURE_PAD_VALUE` and run with ``valid_frames`` = the real
-encoder frames left (``output_lengths(T) − offset``), which reproduces the
+encoder.chunk_input_frames(K)``: 4K + 3 for the Conformer, 4K + 13 for the
+Zipformer) and is ready when the front end has those frames; every call gets
+a whole window, which both encoders accept. After
+:meth:`Stream.input_finished`, a last partial chunk is padded with
+:data:`FEATURE_PAD_VALUE` and run with ``valid_frames`` = the real encoder
+frames left (``output_lengths(T) − offset``), which reproduces the
 masked full-utterance forward (simulated streaming) exactly.
 
 Tail convention (``tail``): ``"pad"`` (default) is the rule above.
@@ -39,9 +45,9 @@ Availability time of chunk ``c``: ``min(end_sample(last frame), N_received)``
 
 Degenerate input (no crash, empty hypothesis, a note in :attr:`Stream.note`
 and the log): no audio; audio giving fewer feature frames than the encoder's
-receptive field (7 frames = 65 ms); pure digital silence (every sample
-exactly 0: the hypothesis is cleared at the end of the input, the same rule
-as file decoding).
+receptive field (Conformer: 7 frames = 65 ms; Zipformer: 17 frames = 165
+ms); pure digital silence (every sample exactly 0: the hypothesis is cleared
+at the end of the input, the same rule as file decoding).
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ import torch
 from torch import Tensor, nn
 
 from asr_kd.data.features import FBANK_OPTS, FEATURE_PAD_VALUE, FbankOptions, OnlineFbank
+from asr_kd.models.encoders import min_input_frames
+from asr_kd.models.states import stack_states, unstack_states
 
 from .search import (
     BeamState,
@@ -74,11 +82,10 @@ log = logging.getLogger(__name__)
 
 
 def min_samples_for_output(encoder: nn.Module, opts: FbankOptions = FBANK_OPTS) -> int:
-    """Fewest samples that give one encoder frame (7 feature frames: 1040 samples = 65 ms)."""
+    """Fewest samples that give one encoder frame (Conformer: 7 feature frames = 1040 samples = 65 ms;
+    Zipformer: 17 frames = 2640 samples = 165 ms)."""
     hop = int(round(opts.frame_shift_s * opts.sampling_rate))
-    frames = 1
-    while int(encoder.output_lengths(torch.tensor([frames]))[0]) < 1:
-        frames += 1
+    frames = min_input_frames(encoder)
     # T = floor((N + hop/2) / hop) >= frames  <=>  N >= frames·hop − hop/2
     return frames * hop - hop // 2
 
@@ -224,12 +231,9 @@ class Stream:
         return StreamResult(self.stream_id, res, emission, avail, self.num_samples, self.note)
 
 
-def _stack_states(states: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
-    return {k: torch.cat([s[k] for s in states], dim=0) for k in states[0]}
-
-
-def _split_states(states: Dict[str, Tensor], n: int) -> List[Dict[str, Tensor]]:
-    return [{k: v[i:i + 1] for k, v in states.items()} for i in range(n)]
+def _state_shapes(state: Dict[str, Tensor]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """Names and shapes beyond the batch axis: streams with equal ones are batched together."""
+    return tuple(sorted((k, tuple(v.shape[1:])) for k, v in state.items()))
 
 
 class StreamingDecoder:
@@ -238,7 +242,7 @@ class StreamingDecoder:
     Args:
       model: a transducer with a causal encoder (``model.eval()`` is called).
       chunk_size: K in encoder frames (40 ms each).
-      left_context: L in encoder frames (-1 = unlimited).
+      left_context: L in encoder frames (-1 = unlimited; the Zipformer needs L >= 0).
       method: "greedy" or "modified_beam_search".
       beam: beam size for modified beam search.
       max_symbols_per_frame: for greedy search.
@@ -258,6 +262,10 @@ class StreamingDecoder:
             raise ValueError("true streaming needs a causal (chunk-wise) encoder; this model is full-context")
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be > 0 encoder frames, got {chunk_size}")
+        # the encoder's own checks, now rather than at the first stream (e.g. the Zipformer's
+        # divisibility of K and L by its downsampling factors, its fixed-size caches: L >= 0)
+        model.encoder.chunk_config(chunk_size, left_context)
+        model.encoder.init_states(1, left_context)
         self.model = model.eval()
         self.chunk_size = int(chunk_size)
         self.left_context = int(left_context)
@@ -285,10 +293,10 @@ class StreamingDecoder:
             nxt = s.next_chunk()
             if nxt is not None:
                 ready.append((s, nxt[0], nxt[1]))
-        # Unlimited left context: caches grow with the offset, batch equal sizes only.
-        groups: Dict[int, List[Tuple[Stream, Tensor, int]]] = {}
+        # Conformer with unlimited left context: caches grow with the offset, batch equal shapes only.
+        groups: Dict[Tuple[Tuple[str, Tuple[int, ...]], ...], List[Tuple[Stream, Tensor, int]]] = {}
         for item in ready:
-            groups.setdefault(int(item[0].encoder_state["keys"].size(2)), []).append(item)
+            groups.setdefault(_state_shapes(item[0].encoder_state), []).append(item)
         for _, group in sorted(groups.items()):
             self._run(group)
         return len(ready)
@@ -297,11 +305,11 @@ class StreamingDecoder:
         enc = self.model.encoder
         feats = torch.stack([f for _, f, _ in group]).to(self.device)  # (B, input, F)
         valid = torch.tensor([v for _, _, v in group], dtype=torch.int64, device=self.device)
-        states = _stack_states([s.encoder_state for s, _, _ in group])
+        states = stack_states([s.encoder_state for s, _, _ in group])
         all_valid = bool((valid == self.chunk_size).all())
         out, new_states = enc.streaming_forward(feats, states, self.chunk_size, self.left_context,
                                                 valid_frames=None if all_valid else valid)
-        for s, st in zip((g[0] for g in group), _split_states(new_states, len(group))):
+        for s, st in zip((g[0] for g in group), unstack_states(new_states)):
             s.encoder_state = st
         search_states = [s.search_state for s, _, _ in group]
         if self.method == "greedy":

@@ -6,7 +6,8 @@ its input does not depend on augmentation). The cache stores once, per cut,
 
     encoder_out      (T'_c, D)   the teacher encoder output (after its final norm; this
                                  is what the last layer index stands for in stage 1)
-    layer_<i>        (T'_c, D)   the output of teacher encoder layer i (0-based),
+    layer_<i>        (T'_c, D_i) the output of teacher encoder layer i (0-based; a
+                                 Zipformer's stack i, D_i = its width, D for a Conformer),
                                  for the extra layers stage 1 maps
 
 with ``T'_c`` the cut's encoder frames (4x subsampling of its feature
@@ -337,27 +338,32 @@ class TeacherCache:
           device, dtype: of the returned tensors.
 
         Returns:
-          encoder_out (B, T', D) and hidden [(B, T', D) per layer], zero-padded,
-          T' = max(lens).
+          encoder_out (B, T', D) and hidden [(B, T', D_i) per layer], zero-padded,
+          T' = max(lens); D_i is the stored width of that layer.
         """
         last = int(self.meta["num_layers"]) - 1
         keys = ["encoder_out"] + ["encoder_out" if int(i) == last else cache_key(i) for i in layers]
         lens_list = [int(x) for x in lens.tolist()]
         frames = max(lens_list)
-        dim = int(self.meta["encoder_dim"])
-        outs = [torch.zeros(len(cut_ids), frames, dim, dtype=dtype) for _ in keys]
+        outs: list[Optional[Tensor]] = [None] * len(keys)  # allocated at the first cut: widths differ per layer
         for b, cut_id in enumerate(cut_ids):
             entry = self.entry(cut_id)
             for k, key in enumerate(keys):
                 x = entry.get(key)
                 if x is None:
                     raise ValueError(f"cache.py: cut {cut_id!r} in {self.dir} has no {key!r}")
+                out = outs[k]
+                if out is None:
+                    out = outs[k] = torch.zeros(len(cut_ids), frames, x.shape[1], dtype=dtype)
+                elif x.shape[1] != out.shape[2]:
+                    raise ValueError(f"cache.py: cut {cut_id!r} in {self.dir}: {key!r} is {x.shape[1]} wide, "
+                                     f"{cut_ids[0]!r}'s is {out.shape[2]}")
                 if x.shape[0] != lens_list[b]:
                     raise ValueError(
                         f"cache.py: cut {cut_id!r}: the teacher cache has {x.shape[0]} encoder frames but the "
                         f"batch gives {lens_list[b]}; the cut's features changed since the cache was made "
                         "(speed perturbation, another feature source?)"
                     )
-                outs[k][b, : lens_list[b]] = x.to(dtype)
-        outs = [o.to(device, non_blocking=True) for o in outs]
-        return outs[0], outs[1:]
+                out[b, : lens_list[b]] = x.to(dtype)
+        moved = [o.to(device, non_blocking=True) for o in outs if o is not None]
+        return moved[0], moved[1:]

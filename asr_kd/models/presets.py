@@ -20,6 +20,18 @@ docs/models.md). Encoders: tiny 0.14 M, small 3.11 M, full 19.0 M, large
 74.1 M. Totals at the V of the recipe presets: tiny 0.16 M (V = 60, micro),
 0.17 M (V = 100, tiny), small 3.45 M (V = 256), full 20.3 M (V = 500),
 large 75.7 M (V = 500); at V = 500 tiny has 0.28 M and small 3.67 M.
+
+Zipformer (``encoder_type="zipformer"``, ``zipformer_preset_config``): the
+sizes of ``ZIPFORMER_SIZES`` (tiny, small, medium, large: icefall's
+LibriSpeech architectures, tiny for tests), decoder/joiner widths in
+``ZIPFORMER_DECODER_DIMS`` (icefall's 512 / 512 for small, medium and large;
+tiny 64 / 64).  Teacher: ``causal=False``.  Student: ``causal=True`` with
+``ZIPFORMER_STUDENT_CHUNK``: K = 8 encoder frames = 320 ms (icefall's
+``--chunk-size 16`` at 50 Hz), L = 64 encoder frames = 2.56 s (icefall's
+``--left-context-frames 128``), fixed chunk; a streaming call consumes
+4K + 13 = 45 feature frames.  Both are multiples of 4 encoder frames, as the
+stacks' downsampling factors (up to 8 at 50 Hz) require.  Dropout 0.1.
+Parameter counts: docs/models.md.
 """
 
 from __future__ import annotations
@@ -27,9 +39,12 @@ from __future__ import annotations
 from typing import Any
 
 from asr_kd.models.conformer import EncoderConfig
+from asr_kd.models.encoders import ENCODER_TYPES
 from asr_kd.models.transducer import TransducerConfig
+from asr_kd.models.zipformer import ZIPFORMER_SIZES, zipformer_config
 
-__all__ = ["PRESETS", "DECODER_DIMS", "STUDENT_CHUNK", "preset_config"]
+__all__ = ["PRESETS", "DECODER_DIMS", "STUDENT_CHUNK", "preset_config", "preset_names", "ZIPFORMER_DECODER_DIMS",
+           "ZIPFORMER_STUDENT_CHUNK", "zipformer_preset_config"]
 
 #: default student chunk (encoder frames) and left context (encoder frames)
 STUDENT_CHUNK: dict[str, int] = {"chunk_size": 16, "left_context": 64}
@@ -69,15 +84,62 @@ def _pair(arch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {name: _pair(a) for name, a in _ARCH.items()}
 
 
-def preset_config(name: str, role: str, vocab_size: int, **encoder_overrides: Any) -> TransducerConfig:
-    """TransducerConfig for preset ``name`` and ``role`` ("teacher" | "student").
+#: Zipformer student chunk (encoder frames): 320 ms chunks, 2.56 s of left context
+ZIPFORMER_STUDENT_CHUNK: dict[str, int] = {"chunk_size": 8, "left_context": 64}
 
-    ``encoder_overrides`` replace EncoderConfig fields (e.g. chunk_sizes=(8,)).
-    """
-    if name not in PRESETS:
-        raise ValueError(f"presets.py: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+ZIPFORMER_DECODER_DIMS: dict[str, dict[str, int]] = {
+    "tiny": dict(decoder_dim=64, joiner_dim=64),
+    "small": dict(decoder_dim=512, joiner_dim=512),
+    "medium": dict(decoder_dim=512, joiner_dim=512),
+    "large": dict(decoder_dim=512, joiner_dim=512),
+}
+
+
+def preset_names(encoder_type: str = "conformer") -> list[str]:
+    """The preset names of an encoder type, sorted."""
+    if encoder_type not in ENCODER_TYPES:
+        raise ValueError(f"presets.py: unknown encoder type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
+    return sorted(PRESETS if encoder_type == "conformer" else ZIPFORMER_SIZES)
+
+
+def _check_role(role: str) -> None:
     if role not in ("teacher", "student"):
         raise ValueError(f"presets.py: role must be 'teacher' or 'student', got {role!r}")
+
+
+def zipformer_preset_config(size: str, role: str, vocab_size: int, **encoder_overrides: Any) -> TransducerConfig:
+    """Zipformer TransducerConfig of ``ZIPFORMER_SIZES[size]`` for ``role`` ("teacher" | "student").
+
+    Teacher: ``causal=False``; student: ``causal=True`` with ``ZIPFORMER_STUDENT_CHUNK``
+    (module docstring).  ``encoder_overrides`` replace ZipformerConfig fields.
+    """
+    if size not in ZIPFORMER_SIZES:
+        raise ValueError(f"presets.py: unknown zipformer size {size!r}; choose from {preset_names('zipformer')}")
+    _check_role(role)
+    kwargs: dict[str, Any] = dict(dropout=0.1, causal=role == "student", dynamic_chunk=False)
+    if role == "student":
+        kwargs.update(chunk_sizes=(ZIPFORMER_STUDENT_CHUNK["chunk_size"],),
+                      left_contexts=(ZIPFORMER_STUDENT_CHUNK["left_context"],))
+    kwargs.update(encoder_overrides)
+    return TransducerConfig(encoder=zipformer_config(size, **kwargs), vocab_size=vocab_size,
+                            encoder_type="zipformer", **ZIPFORMER_DECODER_DIMS[size])
+
+
+def preset_config(name: str, role: str, vocab_size: int, encoder_type: str = "conformer",
+                  **encoder_overrides: Any) -> TransducerConfig:
+    """TransducerConfig for preset ``name`` and ``role`` ("teacher" | "student").
+
+    ``encoder_type`` "conformer" (``PRESETS``) or "zipformer" (``ZIPFORMER_SIZES``,
+    see ``zipformer_preset_config``).  ``encoder_overrides`` replace fields of
+    the encoder config (e.g. chunk_sizes=(8,)).
+    """
+    if encoder_type == "zipformer":
+        return zipformer_preset_config(name, role, vocab_size, **encoder_overrides)
+    if encoder_type != "conformer":
+        raise ValueError(f"presets.py: unknown encoder type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
+    if name not in PRESETS:
+        raise ValueError(f"presets.py: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    _check_role(role)
     kwargs = dict(PRESETS[name][0 if role == "teacher" else 1])
     kwargs.update(encoder_overrides)
     return TransducerConfig(encoder=EncoderConfig(**kwargs), vocab_size=vocab_size, **DECODER_DIMS[name])

@@ -1,4 +1,8 @@
-"""Conformer transducer trained with the pruned RNN-T loss (k2 semantics).
+"""Transducer (Conformer or Zipformer encoder) trained with the pruned RNN-T loss (k2 semantics).
+
+The encoder is ``TransducerConfig.encoder_type``: "conformer" (``EncoderConfig``,
+``conformer.py``) or "zipformer" (``ZipformerConfig``, ``zipformer/``); both have
+the interface described in ``encoders.py``.
 
 Training forward (all sums over the batch):
 
@@ -39,8 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from asr_kd import rnnt
-from asr_kd.models.conformer import ConformerEncoder, EncoderConfig
 from asr_kd.models.decoder import Decoder
+from asr_kd.models.encoders import (ENCODER_TYPES, AnyEncoderConfig, build_encoder, encoder_config_class,
+                                    min_input_frames)
 from asr_kd.models.joiner import Joiner
 
 __all__ = ["TransducerConfig", "TransducerOutput", "Transducer", "build_transducer", "node_occupancy"]
@@ -48,18 +53,38 @@ __all__ = ["TransducerConfig", "TransducerOutput", "Transducer", "build_transduc
 
 @dataclass
 class TransducerConfig:
-    """Everything needed to rebuild a ``Transducer`` (stored in checkpoints via to_dict)."""
+    """Everything needed to rebuild a ``Transducer`` (stored in checkpoints via to_dict).
 
-    encoder: EncoderConfig
+    ``encoder_type`` ("conformer" | "zipformer") names the class of ``encoder``
+    (``EncoderConfig`` | ``ZipformerConfig``); a mismatch is a ValueError.
+    ``to_dict`` writes ``encoder_type`` only when it is not "conformer", so a
+    Conformer config's dict is the one older versions wrote (resume, averaging
+    and ``--continue-from`` compare these dicts) and ``from_dict`` reads a dict
+    without the key as a Conformer.
+    """
+
+    encoder: AnyEncoderConfig
     vocab_size: int
     decoder_dim: int = 256
     joiner_dim: int = 256
     blank_id: int = 0
     context_size: int = 2
+    encoder_type: str = "conformer"
+
+    def __post_init__(self) -> None:
+        if self.encoder_type not in ENCODER_TYPES:
+            raise ValueError(f"transducer.py: encoder_type must be one of {list(ENCODER_TYPES)}, "
+                             f"got {self.encoder_type!r}")
+        if not isinstance(self.encoder, encoder_config_class(self.encoder_type)):
+            wanted, got = encoder_config_class(self.encoder_type).__name__, type(self.encoder).__name__
+            raise ValueError(f"transducer.py: encoder_type {self.encoder_type!r} needs encoder={wanted}(...), "
+                             f"got {got} (pass the matching encoder_type)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["encoder"] = self.encoder.to_dict()
+        if self.encoder_type == "conformer":
+            del d["encoder_type"]
         return d
 
     @classmethod
@@ -69,8 +94,10 @@ class TransducerConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"transducer.py: unknown TransducerConfig keys {sorted(unknown)}")
+        kind = d.pop("encoder_type", "conformer")
+        config_cls = encoder_config_class(kind)
         enc = d.pop("encoder")
-        return cls(encoder=enc if isinstance(enc, EncoderConfig) else EncoderConfig.from_dict(enc), **d)
+        return cls(encoder=enc if isinstance(enc, config_cls) else config_cls.from_dict(enc), encoder_type=kind, **d)
 
 
 @dataclass
@@ -128,14 +155,14 @@ def node_occupancy(px_grad: Tensor, py_grad: Tensor, ranges: Tensor, boundary: T
 
 
 class Transducer(nn.Module):
-    """Conformer encoder + stateless decoder + joiner, with simple-loss projections."""
+    """Encoder (``cfg.encoder_type``) + stateless decoder + joiner, with simple-loss projections."""
 
     def __init__(self, cfg: TransducerConfig) -> None:
         super().__init__()
         self.config = cfg
         self.blank_id = cfg.blank_id
         self.vocab_size = cfg.vocab_size
-        self.encoder = ConformerEncoder(cfg.encoder)
+        self.encoder = build_encoder(cfg.encoder)
         self.decoder = Decoder(cfg.vocab_size, cfg.decoder_dim, cfg.blank_id, cfg.context_size)
         self.joiner = Joiner(self.encoder.output_dim, cfg.decoder_dim, cfg.joiner_dim, cfg.vocab_size)
         self.simple_am_proj = nn.Linear(self.encoder.output_dim, cfg.vocab_size)
@@ -209,7 +236,8 @@ class Transducer(nn.Module):
         too_short = (encoder_lens < 1).nonzero().flatten().tolist()
         if too_short:
             raise ValueError(
-                f"transducer.py: utterances {too_short} of the batch have fewer than 7 feature frames "
+                f"transducer.py: utterances {too_short} of the batch have fewer than "
+                f"{min_input_frames(self.encoder)} feature frames "
                 f"(feature_lens {feature_lens[too_short].tolist()}): no encoder output"
             )
         device = encoder_out.device

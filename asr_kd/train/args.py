@@ -14,6 +14,8 @@ import importlib
 import logging
 from typing import Any, Optional
 
+from asr_kd.models.encoders import ENCODER_TYPES
+from asr_kd.models.presets import preset_names
 from asr_kd.options import add_refused_option, mapped_value
 from asr_kd.train.losses import add_loss_arguments
 from asr_kd.train.optim import OPTIMIZERS, SCHEDULES
@@ -23,6 +25,9 @@ __all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sa
 
 #: --max-grad-norm when not given and --optimizer is adamw (with scaled-adam: 0, off)
 DEFAULT_MAX_GRAD_NORM = 5.0
+
+#: --preset values of either encoder (asr_kd.train.run.build_model_config refuses the other encoder's)
+PRESET_CHOICES = tuple(sorted(set(preset_names("conformer")) | set(preset_names("zipformer"))))
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +91,31 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: compute fbank from audio instead of reading stored features (default: %(default)s)")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="small", choices=("tiny", "small", "full", "large"), help="model size (default: %(default)s)")
+    g.add_argument("--encoder", default="conformer", choices=ENCODER_TYPES,
+                   help="encoder architecture: conformer (asr_kd.models.conformer) or zipformer "
+                        "(asr_kd.models.zipformer; train it with --optimizer scaled-adam) (default: %(default)s)")
+    g.add_argument("--preset", default="small", choices=PRESET_CHOICES,
+                   help="model size: tiny|small|full|large for --encoder conformer, tiny|small|medium|large "
+                        "for --encoder zipformer (default: %(default)s)")
     g.add_argument("--causal", type=str2bool, default=False,
                    help="true/false; false: full-context teacher; true: chunk-wise streaming student (default: %(default)s)")
     g.add_argument("--chunk-size", type=int_list, default=None,
                    help="student chunk sizes in encoder frames (x40 ms), e.g. 16 or 16,8,32; "
-                        "first = decoding default (default: the preset's, 16 = 640 ms)")
+                        "first = decoding default; zipformer: multiples of 4 (default: the preset's, 16 = 640 ms "
+                        "for the conformer, 8 = 320 ms for the zipformer)")
     g.add_argument("--left-context", type=int_list, default=None,
-                   help="student left contexts in encoder frames, -1 = unlimited (default: the preset's, 64 = 2.56 s)")
+                   help="student left contexts in encoder frames, -1 = unlimited; zipformer: multiples of 4 "
+                        "(default: the preset's, 64 = 2.56 s)")
     g.add_argument("--dynamic-chunk", type=str2bool, default=None,
                    help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (default: the preset's)")
     g.add_argument("--num-layers", type=int, default=None,
-                   help="override the preset's number of encoder blocks (default: the preset's, 6 for small)")
+                   help="conformer only: override the preset's number of encoder blocks (default: the preset's, "
+                        "6 for small)")
     g.add_argument("--frontend-scale", type=frontend_scale, default=None,
-                   help="multiplier of the Conv2d front end's output: a number > 0, or sqrt-d for sqrt(d_model) "
-                        "as in ESPnet/WeNet/icefall (default: 1, no scaling)")
+                   help="conformer only: multiplier of the Conv2d front end's output: a number > 0, or sqrt-d for "
+                        "sqrt(d_model) as in ESPnet/WeNet/icefall (default: 1, no scaling)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--num-epochs", type=int, default=30, help="train up to this epoch (1-based) (default: %(default)s)")

@@ -41,8 +41,9 @@ Teacher interface (bring your own teacher). Any ``nn.Module`` with
 
     .encoder(features (B,T,F), feature_lens (B,), return_layers=[...])
         -> object with .out (B,T',D), .lens (B,), .hidden [(B,T',D), ...]
-    .encoder.layers (len = number of layers), .encoder.output_dim,
-    .encoder.subsampling_factor (must equal the student's: same frame rate)
+    .encoder.layers (len = number of layers; a Zipformer's stacks), .encoder.output_dim,
+    .encoder.subsampling_factor (must equal the student's: same frame rate),
+    .encoder.output_lengths (must equal the student's: same encoder frames per utterance)
     .decoder(y (B,S+1) int64, blank-prefixed) -> (B,S+1,Dd)
     .joint_on_ranges(encoder_out, decoder_out, ranges (B,T',R)) -> (B,T',R,V)
     .simple_am_proj, .simple_lm_proj  (encoder/decoder dims -> V; coverage and --kd-ranges teacher)
@@ -51,6 +52,15 @@ Teacher interface (bring your own teacher). Any ``nn.Module`` with
 and the student's tokenizer and feature front end can be passed to
 :class:`KDLossComputer` directly; ``build_kd_loss_computer`` loads an
 ``asr_kd`` checkpoint and checks tokenizer and features from its metadata.
+
+Encoders. Teacher and student may each be a Conformer or a Zipformer
+(``asr_kd.models.encoders``) as long as they give the same number of encoder
+frames per utterance: a Zipformer pair or a Conformer pair. A mixed pair is
+refused at start-up (the Conformer gives (T - 3) // 4 frames, the Zipformer
+(T - 13) // 4, and their frames do not cover the same audio). Layer indices
+of a Zipformer are its stacks (stack i's output averaged to 25 Hz, d_i
+wide); the last index is the encoder output (max d_i wide). Projections are
+sized per layer pair (``hidden_dims``).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from torch import Tensor, nn
 from asr_kd import rnnt
 from asr_kd.distill import hidden_mse_loss, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
+from asr_kd.models.encoders import hidden_dims, layer_unit
 from asr_kd.models.transducer import node_occupancy
 from asr_kd.train.kd_args import KDConfig, add_kd_arguments, kd_config_from_args, resolve_layer
 from asr_kd.train.losses import TransducerLossComputer, batch_to_device
@@ -87,7 +98,7 @@ log = logging.getLogger(__name__)
 
 def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, student: nn.Module,
                              teacher: nn.Module, bpe_model: str, feature_config: dict[str, Any]) -> None:
-    """ValueError unless teacher and student share tokenizer, front end, vocabulary and frame rate.
+    """ValueError unless teacher and student share tokenizer, front end, vocabulary, frame rate and frame count.
 
     Args:
       teacher_ckpt: the teacher checkpoint dict (bpe_sha256, feature_config).
@@ -122,6 +133,21 @@ def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, st
     for what, t, s in pairs:
         if t != s:
             raise ValueError(f"kd.py: teacher {what} {t} ({where}) != student {what} {s}")
+    probe = torch.arange(0, 400)  # feature frames: every remainder mod 4 and both receptive fields
+    t_len, s_len = teacher.encoder.output_lengths(probe), student.encoder.output_lengths(probe)
+    if not torch.equal(t_len, s_len):
+        i = int((t_len != s_len).nonzero()[0, 0])
+        raise ValueError(
+            f"kd.py: the teacher's encoder ({_encoder_name(teacher)}, {where}) and the student's "
+            f"({_encoder_name(student)}) give different numbers of encoder frames (e.g. {int(t_len[i])} vs "
+            f"{int(s_len[i])} for {i} feature frames), so their frames cannot be paired; distil a conformer "
+            "student from a conformer teacher and a zipformer student from a zipformer teacher"
+        )
+
+
+def _encoder_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "encoder_type", type(model.encoder).__name__))
 
 
 def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -192,23 +218,28 @@ class KDLossComputer:
         self.teacher = freeze(teacher)
         device = next(student.parameters()).device
         s_layers, t_layers = len(student.encoder.layers), len(teacher.encoder.layers)
-        self.student_layers = [resolve_layer(s, s_layers, "student") for s, _ in cfg.hidden_layers]
-        self.teacher_layers = [resolve_layer(t, t_layers, "teacher") for _, t in cfg.hidden_layers]
+        s_unit, t_unit = layer_unit(student.encoder), layer_unit(teacher.encoder)
+        self.student_layers = [resolve_layer(s, s_layers, "student", s_unit) for s, _ in cfg.hidden_layers]
+        self.teacher_layers = [resolve_layer(t, t_layers, "teacher", t_unit) for _, t in cfg.hidden_layers]
         # The last index means the encoder output (after the encoder's final norm: what the
-        # joiner sees); the others are conformer layer outputs, requested via return_layers.
+        # joiner sees); the others are layer (Zipformer: stack) outputs, requested via return_layers.
         self.student_last, self.teacher_last = s_layers - 1, t_layers - 1
         self.student_request = sorted({i for i in self.student_layers if i != self.student_last})
         self.teacher_request = sorted({i for i in self.teacher_layers if i != self.teacher_last})
-        s_dim, t_dim = int(student.encoder.output_dim), int(teacher.encoder.output_dim)
-        if cfg.uses_hidden and cfg.projection == "false" and s_dim != t_dim:
+        # (student dim, teacher dim) of every layer pair: a Zipformer's stacks differ in width
+        s_dims, t_dims = hidden_dims(student.encoder), hidden_dims(teacher.encoder)
+        dims = [(s_dims[s], t_dims[t]) for s, t in zip(self.student_layers, self.teacher_layers)]
+        differ = [(pair, d) for pair, d in zip(cfg.hidden_layers, dims) if d[0] != d[1]]
+        if cfg.uses_hidden and cfg.projection == "false" and differ:
+            (s, t), (ds, dt) = differ[0]
             raise ValueError(
-                f"kd.py: --kd-projection false but the student encoder dim {s_dim} != teacher dim {t_dim}; "
-                "use --kd-projection auto"
+                f"kd.py: --kd-projection false but the student encoder dim {ds} != teacher dim {dt} "
+                f"(--kd-hidden-layers pair {s}:{t}); use --kd-projection auto"
             )
-        use_proj = cfg.uses_hidden and (cfg.projection == "true" or (cfg.projection == "auto" and s_dim != t_dim))
+        use_proj = cfg.uses_hidden and (cfg.projection == "true" or (cfg.projection == "auto" and bool(differ)))
         self.projections: Optional[nn.ModuleList] = None
         if use_proj:
-            self.projections = nn.ModuleList(nn.Linear(s_dim, t_dim) for _ in cfg.hidden_layers).to(device)
+            self.projections = nn.ModuleList(nn.Linear(ds, dt) for ds, dt in dims).to(device)
         self.needs_clean_features = cfg.teacher_input == "clean"
         self._training = True
         self._warned_fallback = False
@@ -392,8 +423,10 @@ def build_kd_loss_computer(args: argparse.Namespace, model: nn.Module, base: Tra
             )
         cache = TeacherCache(cfg.teacher_cache)
         t_layers = len(teacher.encoder.layers)
-        cache.check(file_sha256(path), path, [resolve_layer(t, t_layers, "teacher") for _, t in cfg.hidden_layers]
-                    if cfg.uses_hidden else [], feature_config_dict(),
+        t_unit = layer_unit(teacher.encoder)
+        cache.check(file_sha256(path), path, [resolve_layer(t, t_layers, "teacher", t_unit)
+                                              for _, t in cfg.hidden_layers] if cfg.uses_hidden else [],
+                    feature_config_dict(),
                     on_the_fly_feats=getattr(args, "on_the_fly_feats", None))
     lc = KDLossComputer(base, teacher, cfg, model, cache=cache)
     n_teacher = sum(p.numel() for p in teacher.parameters())

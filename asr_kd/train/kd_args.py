@@ -54,7 +54,7 @@ def parse_layer_pairs(spec: str) -> tuple[tuple[int, int], ...]:
 
     Negative indices count from the end. The last index (-1) stands for the
     encoder output (after the encoder's final norm, what the joiner sees);
-    the others are the outputs of those conformer layers. Raises ValueError
+    the others are the outputs of those encoder layers (a Zipformer's stacks). Raises ValueError
     naming the bad entry.
     """
     pairs = []
@@ -80,12 +80,15 @@ def parse_layer_pairs(spec: str) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def resolve_layer(index: int, num_layers: int, who: str) -> int:
-    """Map a possibly negative layer index into [0, num_layers); ValueError when out of range."""
+def resolve_layer(index: int, num_layers: int, who: str, unit: str = "layers") -> int:
+    """Map a possibly negative layer index into [0, num_layers); ValueError when out of range.
+
+    ``unit`` names what the encoder's layers are in the message ("stacks" for a Zipformer).
+    """
     if not -num_layers <= index < num_layers:
         raise ValueError(
             f"{_WHERE}: --kd-hidden-layers: {who} layer {index} is out of range; "
-            f"the {who} encoder has {num_layers} layers (valid: {-num_layers}..{num_layers - 1})"
+            f"the {who} encoder has {num_layers} {unit} (valid: {-num_layers}..{num_layers - 1})"
         )
     return index % num_layers
 

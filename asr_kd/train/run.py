@@ -3,7 +3,7 @@
 Order of events (every rank):
  1. process group (torchrun env) and logging (``exp_dir/log/train-rank<r>.log``);
  2. seed python/numpy/torch with ``--seed`` (identical model init on all ranks);
- 3. tokenizer, model config from ``--preset/--causal/--chunk-size/...``;
+ 3. tokenizer, model config from ``--encoder/--preset/--causal/--chunk-size/...``;
     stale ``.tmp`` files of killed writers removed; with ``--resume``, the newest
     loadable checkpoint (unreadable ones skipped with a warning), whose model_config,
     bpe_sha256 and settings must match (``asr_kd.train.settings``) and whose run id
@@ -27,7 +27,7 @@ import math
 import random
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,11 @@ __all__ = ["build_model_config", "build_optim_config", "seed_everything", "run_t
            "resolve_amp"]
 
 log = logging.getLogger(__name__)
+
+#: seconds of audio (all ranks) that count as one batch in the adjusted batch count that drives the
+#: Zipformer's schedules (``Trainer``: batch_idx_train * max_duration * world_size / REF_DURATION_S),
+#: icefall's ``ref_duration``
+REF_DURATION_S = 600.0
 
 
 def seed_everything(seed: int) -> None:
@@ -79,13 +84,27 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 
 def build_model_config(args: argparse.Namespace, vocab_size: int):
-    """TransducerConfig for --preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/
-    --num-layers/--frontend-scale."""
-    from asr_kd.models import preset_config
+    """TransducerConfig for --encoder/--preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/
+    --num-layers/--frontend-scale.
 
+    One-line ValueErrors name the flag: a --preset of the other encoder, --num-layers or
+    --frontend-scale with --encoder zipformer (Conformer knobs), Zipformer chunk sizes or
+    left contexts its downsampling factors do not allow.
+    """
+    from asr_kd.models import preset_config, preset_names
+
+    encoder = getattr(args, "encoder", "conformer")
+    if args.preset not in preset_names(encoder):
+        raise ValueError(f"--preset {args.preset} is not a {encoder} size; --encoder {encoder} takes "
+                         f"{'|'.join(preset_names(encoder))}")
     overrides: dict[str, Any] = {}
     if args.dropout is not None:
         overrides["dropout"] = float(args.dropout)
+    if encoder == "zipformer":
+        for flag, value in (("--num-layers", args.num_layers), ("--frontend-scale", args.frontend_scale)):
+            if value is not None:
+                raise ValueError(f"{flag} is a Conformer option; --encoder zipformer takes its depths and widths "
+                                 f"from --preset ({'|'.join(preset_names('zipformer'))})")
     if args.num_layers is not None:
         if args.num_layers < 1:
             raise ValueError(f"--num-layers must be >= 1, got {args.num_layers}")
@@ -101,14 +120,39 @@ def build_model_config(args: argparse.Namespace, vocab_size: int):
         if dynamic is None:
             dynamic = len(args.chunk_size or ()) > 1 or len(args.left_context or ()) > 1
         overrides["dynamic_chunk"] = bool(dynamic)
+        if encoder == "zipformer":
+            _check_zipformer_chunks(args.preset, args.chunk_size or (), args.left_context or ())
     elif args.chunk_size is not None or args.left_context is not None or args.dynamic_chunk:
         log.warning("--chunk-size/--left-context/--dynamic-chunk are ignored for a full-context model "
                     "(--causal false)")
     role = "student" if args.causal else "teacher"
-    cfg = preset_config(args.preset, role, vocab_size, **overrides)
+    cfg = preset_config(args.preset, role, vocab_size, encoder_type=encoder, **overrides)
     if args.frontend_scale == "sqrt-d":  # from the model's own width
         cfg.encoder.frontend_scale = math.sqrt(cfg.encoder.d_model)
     return cfg
+
+
+def _check_zipformer_chunks(size: str, chunks: Sequence[int], lefts: Sequence[int]) -> None:
+    """One-line ValueError naming --chunk-size / --left-context when a stack's factor does not divide 2K / 2L."""
+    from asr_kd.models.zipformer import zipformer_config
+    from asr_kd.models.zipformer.config import check_chunk_divisibility, check_left_context
+
+    factors = zipformer_config(size).downsampling_factors
+    step = math.lcm(*factors) // math.gcd(math.lcm(*factors), 2)  # smallest K with every factor dividing 2K
+    for k in chunks:
+        try:
+            check_chunk_divisibility(factors, k, -1, "")
+        except ValueError:
+            raise ValueError(f"--chunk-size {k}: --encoder zipformer needs chunk sizes (encoder frames) that are "
+                             f"multiples of {step} (-1 or 0: full context), so that every stack's downsampling "
+                             f"factor {list(factors)} divides 2K") from None
+    for lc in lefts:
+        try:
+            check_left_context(factors, lc, "")
+        except ValueError:
+            raise ValueError(f"--left-context {lc}: --encoder zipformer needs left contexts (encoder frames) that "
+                             f"are multiples of {step} (-1: unlimited), so that every stack's downsampling factor "
+                             f"{list(factors)} divides 2L") from None
 
 
 def build_optim_config(args: argparse.Namespace) -> OptimConfig:
@@ -170,7 +214,8 @@ def _load_continue(args: argparse.Namespace, model_cfg: Any, bpe_sha: str) -> Op
     ck = load_checkpoint(path)
     if ck.get("model_config") != model_cfg.to_dict():
         raise ValueError(f"--continue-from {path}: its model_config differs from the one built from the flags; "
-                         f"use the same --preset/--causal/--chunk-size/--left-context/--dropout/--num-layers as that run")
+                         f"use the same --encoder/--preset/--causal/--chunk-size/--left-context/--dropout/--num-layers "
+                         f"as that run")
     if ck.get("bpe_sha256") != bpe_sha:
         raise ValueError(f"--continue-from {path} was trained with another BPE model than {args.bpe_model}")
     if not ck.get("epoch_done"):
@@ -248,8 +293,8 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
             log.info("initialised the model from %s", args.init_from)
         model.to(dist.device)
         n_params = sum(p.numel() for p in model.parameters())
-        log.info("model: preset %s, causal=%s, %.2f M parameters, encoder %s", args.preset, args.causal,
-                 n_params / 1e6, model_cfg.encoder)
+        log.info("model: %s preset %s, causal=%s, %.2f M parameters, encoder %s", model_cfg.encoder_type,
+                 args.preset, args.causal, n_params / 1e6, model_cfg.encoder)
 
         loss_computer = build_loss_computer(args, model, tokenizer)
         extra = list(getattr(loss_computer, "parameters", lambda: iter(()))())
@@ -316,6 +361,7 @@ def run_training(args: argparse.Namespace) -> Optional[Path]:
                 keep_last_k=args.keep_last_k, log_interval=args.log_interval,
                 max_bad_batches=args.max_bad_batches, find_unused_parameters=args.find_unused_parameters,
                 progress=args.progress, seed=args.seed, epoch_audio_s=epoch_audio_s,
+                batch_count_scale=args.max_duration * dist.world_size / REF_DURATION_S,
             ),
             dist, sampler=dm.sampler, checkpoint_meta=meta, tb=tb,
         )

@@ -2,6 +2,7 @@
 
 One training step (``Trainer.train_step``)::
 
+    model.encoder.set_batch_count(n)                      # encoders with schedules (Zipformer), see below
     loss, info = loss_computer(model, batch, step)        # under autocast when AMP is on
     DDP: loss <- loss * frames * W / sum_ranks(frames)     # gradient mean = sum_all / frames_all
     if loss is non-finite on any rank: skip (no backward, no update)
@@ -9,6 +10,15 @@ One training step (``Trainer.train_step``)::
     if g is non-finite: skip (fp16: the scaler's own overflow handling, not counted as bad)
     else: optimizer step
     zero grads; batch counters += 1; schedule.step_batch()
+
+Scheduled quantities.  An encoder with ``set_batch_count`` (the Zipformer:
+its bypass-scale minimum falls from 0.9 to 0.2 over 20k "batches") gets,
+before every training step, icefall's duration-adjusted batch count
+``n = batch_idx_train * batch_count_scale`` with ``batch_count_scale =
+max_duration * world_size / 600`` (set by ``asr_kd.train.run``; 1.0 = the raw
+count): batches of 600 s of audio in total count as one, so the schedule
+follows the audio seen, not the batch size.  ``batch_idx_train`` is
+restored on resume, so the schedule resumes exactly.
 
 A skipped ("bad") batch is logged with its cut ids; ``max_bad_batches``
 bad batches in a row stop training with a RuntimeError.  Bad-batch decisions
@@ -82,6 +92,8 @@ class TrainerConfig:
       seed: seed of the data loaders' own generators (see module docstring).
       epoch_audio_s: seconds of training audio one epoch gives this rank (0: unknown); with
         it the log lines carry an ETA of the epoch and of the run (``asr_kd.train.eta``).
+      batch_count_scale: adjusted batch count per batch trained, fed to ``model.encoder.set_batch_count``
+        when the encoder has it (module docstring); 1.0 = the raw count.
     """
 
     exp_dir: Path
@@ -96,6 +108,7 @@ class TrainerConfig:
     progress: bool = True
     seed: int = 0
     epoch_audio_s: float = 0.0
+    batch_count_scale: float = 1.0
 
 
 @dataclass
@@ -229,10 +242,18 @@ class Trainer:
         if callable(fn):
             fn(mode)
 
+    def _set_batch_count(self) -> None:
+        """Feed the adjusted batch count (module docstring) to an encoder with schedules."""
+        fn = getattr(getattr(self.model, "encoder", None), "set_batch_count", None)
+        if callable(fn):
+            # n = batches trained so far (all epochs) x (max_duration * world_size / 600 s)
+            fn(self.batch_idx_train * self.cfg.batch_count_scale)
+
     def train_step(self, batch: dict[str, Any]) -> StepResult:
         """One batch (see module docstring); the model must be in train mode."""
         step = self.batch_idx_train
         lr = self.scheduler.get_lr()
+        self._set_batch_count()
         with self._autocast():
             loss, info = self.ddp(batch, step)
         frames = float(info["frames"])
