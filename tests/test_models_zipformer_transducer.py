@@ -75,7 +75,7 @@ def test_config_round_trip_both_encoders() -> None:
 def test_zipformer_presets() -> None:
     from asr_kd.models import ZIPFORMER_STUDENT_CHUNK, preset_names
 
-    assert preset_names("zipformer") == ["large", "medium", "small", "tiny"]
+    assert preset_names("zipformer") == ["cpu", "large", "medium", "small", "tiny"]
     s = preset_config("small", "student", 500, encoder_type="zipformer")
     t = preset_config("small", "teacher", 500, encoder_type="zipformer")
     assert s.encoder.causal and not t.encoder.causal
@@ -100,7 +100,7 @@ def _parse(*extra: str):
 
 @pytest.mark.parametrize("extra,match", [
     (("--preset", "full"), r"--preset full is not a zipformer size; --encoder zipformer takes "
-                           r"large\|medium\|small\|tiny"),
+                           r"cpu\|large\|medium\|small\|tiny"),
     (("--preset", "tiny", "--num-layers", "3"), "--num-layers is a Conformer option"),
     (("--preset", "tiny", "--frontend-scale", "sqrt-d"), "--frontend-scale is a Conformer option"),
     (("--preset", "tiny", "--causal", "true", "--chunk-size", "4,6"), "--chunk-size 6: .* multiples of 4"),

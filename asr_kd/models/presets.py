@@ -89,6 +89,7 @@ ZIPFORMER_STUDENT_CHUNK: dict[str, int] = {"chunk_size": 8, "left_context": 64}
 
 ZIPFORMER_DECODER_DIMS: dict[str, dict[str, int]] = {
     "tiny": dict(decoder_dim=64, joiner_dim=64),
+    "cpu": dict(decoder_dim=256, joiner_dim=256),  # as the Conformer's small
     "small": dict(decoder_dim=512, joiner_dim=512),
     "medium": dict(decoder_dim=512, joiner_dim=512),
     "large": dict(decoder_dim=512, joiner_dim=512),

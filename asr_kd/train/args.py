@@ -95,7 +95,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="encoder architecture: conformer (asr_kd.models.conformer) or zipformer "
                         "(asr_kd.models.zipformer; train it with --optimizer scaled-adam) (default: %(default)s)")
     g.add_argument("--preset", default="small", choices=PRESET_CHOICES,
-                   help="model size: tiny|small|full|large for --encoder conformer, tiny|small|medium|large "
+                   help="model size: tiny|small|full|large for --encoder conformer, cpu|tiny|small|medium|large "
                         "for --encoder zipformer (default: %(default)s)")
     g.add_argument("--causal", type=str2bool, default=False,
                    help="true/false; false: full-context teacher; true: chunk-wise streaming student (default: %(default)s)")

@@ -83,6 +83,11 @@ class ZipformerConfig:
         queries and keys, values, and positional queries.
       pos_dim: width of the compact relative positional encoding.
       cnn_kernels: per-stack depthwise kernel (odd).
+      convnext_hidden_ratio: hidden width of the front end's ConvNeXt
+        pointwise convolutions, in multiples of its 128 channels (icefall: 3).
+        Free for sherpa-onnx (its cache holds the ConvNeXt *input*); the
+        ``cpu`` size uses 1, since at 3 the ConvNeXt alone costs more per
+        second of audio than a whole 4-block 144-wide Conformer encoder.
       dropout: constant dropout rate (front-end output and feed-forward
         hidden layers).  icefall schedules it (0.3 -> 0.1 over 20k batches);
         here it is constant.
@@ -108,6 +113,7 @@ class ZipformerConfig:
     pos_head_dim: int = 4
     pos_dim: int = 48
     cnn_kernels: tuple[int, ...] = (31, 31, 15, 15, 15, 31)
+    convnext_hidden_ratio: int = 3
     dropout: float = 0.1
     pos_dropout: float = 0.15
     causal: bool = False
@@ -144,6 +150,8 @@ class ZipformerConfig:
                 raise ValueError(f"zipformer: {name} must be >= 1, got {getattr(self, name)}")
         if self.pos_dim < 2 or self.pos_dim % 2 != 0:
             raise ValueError(f"zipformer: pos_dim must be even and >= 2, got {self.pos_dim}")
+        if self.convnext_hidden_ratio < 1:
+            raise ValueError(f"zipformer: convnext_hidden_ratio must be >= 1, got {self.convnext_hidden_ratio}")
         if self.num_features < 7:
             raise ValueError(f"zipformer: num_features must be >= 7, got {self.num_features}")
         for name in ("dropout", "pos_dropout"):
@@ -206,6 +214,16 @@ ZIPFORMER_SIZES: dict[str, dict[str, Any]] = {
         pos_head_dim=4,
         pos_dim=16,
         cnn_kernels=(7, 7, 5, 5, 5, 7),
+    ),
+    # the synth recipe's CPU size: about the parameters of the default 4-block Conformer
+    # (docs/models.md), one layer per stack, a ConvNeXt of hidden ratio 1 (see above)
+    "cpu": dict(
+        num_layers=(1, 1, 1, 1, 1, 1),
+        encoder_dims=(64, 96, 128, 160, 128, 96),
+        feedforward_dims=(128, 192, 256, 320, 256, 192),
+        num_heads=(4, 4, 4, 4, 4, 4),
+        cnn_kernels=(15, 15, 15, 15, 15, 15),
+        convnext_hidden_ratio=1,
     ),
     "small": dict(
         num_layers=(2, 2, 2, 2, 2, 2),

@@ -134,7 +134,8 @@ class ZipformerEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         # named like ConformerEncoder's front end (``encoder.subsampling.set_feature_stats``)
-        self.subsampling = ZipformerFrontEnd(cfg.num_features, cfg.encoder_dims[0], cfg.dropout)
+        self.subsampling = ZipformerFrontEnd(cfg.num_features, cfg.encoder_dims[0], cfg.dropout,
+                                             cfg.convnext_hidden_ratio)
         self.stacks = nn.ModuleList(
             ZipformerStack(cfg.encoder_dims[i], cfg.downsampling_factors[i], cfg.num_layers[i], cfg.num_heads[i],
                            cfg.feedforward_dims[i], cfg.cnn_kernels[i], cfg.query_head_dim, cfg.value_head_dim,

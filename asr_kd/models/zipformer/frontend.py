@@ -7,7 +7,8 @@ Layout (icefall's zipformer recipe ``Conv2dSubsampling``, as of commit
       Conv2d(1, 8, 3, pad (0, 1)), SwooshR         (B, 8, T - 2, F)
       Conv2d(8, 32, 3, stride 2), SwooshR          (B, 32, (T - 3) // 2, (F - 1) // 2)
       Conv2d(32, 128, 3, stride (1, 2)), SwooshR   (B, 128, (T - 7) // 2, F')   F' = ((F - 1) // 2 - 1) // 2
-      ConvNeXt(128): x + PW2(SwooshL(PW1(DW7x7(x))))   (same shape; PW = 1x1 convs 128 -> 384 -> 128)
+      ConvNeXt(128): x + PW2(SwooshL(PW1(DW7x7(x))))   (same shape; PW = 1x1 convs 128 -> 128 r -> 128,
+                                                     r = convnext_hidden_ratio, icefall's 3)
       flatten (128, F') -> Linear(128 F', d_0) -> BiasNorm -> Dropout      (B, (T - 7) // 2, d_0)
 
 F' = 19 for 80 bins.  The 128 channels and the 7-wide ConvNeXt are fixed:
@@ -120,7 +121,7 @@ class ZipformerFrontEnd(nn.Module):
     #: fewest feature frames the conv stack accepts (one conv-stack frame)
     MIN_FRAMES: int = 9
 
-    def __init__(self, num_features: int, out_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, num_features: int, out_dim: int, dropout: float = 0.0, convnext_hidden_ratio: int = 3) -> None:
         super().__init__()
         if num_features < 7:
             raise ValueError(f"zipformer: front end needs num_features >= 7, got {num_features}")
@@ -129,7 +130,7 @@ class ZipformerFrontEnd(nn.Module):
         self.conv1 = nn.Conv2d(1, 8, 3, padding=(0, 1))
         self.conv2 = nn.Conv2d(8, 32, 3, stride=2)
         self.conv3 = nn.Conv2d(32, self.CHANNELS, 3, stride=(1, 2))
-        self.convnext = ConvNeXt(self.CHANNELS)
+        self.convnext = ConvNeXt(self.CHANNELS, hidden_ratio=convnext_hidden_ratio)
         self.out = nn.Linear(self.CHANNELS * self.freq_out, out_dim)
         self.out_norm = BiasNorm(out_dim)
         self.dropout = nn.Dropout(dropout)
