@@ -150,6 +150,33 @@ def test_sherpa_offline_teacher_equals_offline_decode(setup):
         assert got == ref and got
 
 
+def train_on_setup(model, setup, steps: int, lr: float = 3e-3, **chunk):
+    """Full-batch Adam on the setup's 5 utterances (also used by tests/test_export_zipformer.py).
+
+    Returns (model in eval mode, token id references, per-utterance features).
+    """
+    tok = Tokenizer(setup["bpe"])
+    feats = [compute_online_fbank(w) for w in setup["wavs"]]
+    lens = torch.tensor([f.size(0) for f in feats])
+    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    y = tok.encode(setup["texts"])
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        out = model(batch, lens, y, **chunk)
+        loss = (0.5 * out.simple_loss + min(1.0, step / 50) * out.pruned_loss) / out.num_frames
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+    return model.eval(), y, feats
+
+
+def token_error_rate(refs, hyps) -> float:
+    """Corpus error rate (%) over token ids."""
+    return corpus_wer((list(map(str, r)), list(map(str, h))) for r, h in zip(refs, hyps)).wer
+
+
 @pytest.fixture(scope="module")
 def trained_student(setup):
     """A tiny student trained (150 full-batch Adam steps, ~5 s) until it recognises its 5 utterances.
@@ -157,24 +184,9 @@ def trained_student(setup):
     int8 against fp32 means something only on a model whose decisions are not
     near ties, which a random model's are.
     """
-    tok = Tokenizer(setup["bpe"])
-    wavs = setup["wavs"]
-    feats = [compute_online_fbank(w) for w in wavs]
-    lens = torch.tensor([f.size(0) for f in feats])
-    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-    y = tok.encode(setup["texts"])
     torch.manual_seed(1)
     model = build_transducer(preset_config("tiny", "student", vocab_size=20, chunk_sizes=(4,), left_contexts=(8,)))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(150):
-        out = model(batch, lens, y, chunk_size=4, left_context=8)
-        loss = (0.5 * out.simple_loss + min(1.0, step / 50) * out.pruned_loss) / out.num_frames
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-    model.eval()
+    model, y, feats = train_on_setup(model, setup, 150, chunk_size=4, left_context=8)
     out_dir = setup["dir"] / "trained-int8"
     ckpt = _save(model, setup["bpe"], setup["dir"] / "trained.pt")
     assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(out_dir), "--int8"]) == 0
@@ -199,11 +211,8 @@ def test_int8_copies_keep_metadata_and_transcripts(setup, trained_student):
     fp32_rec, int8_rec = sherpa.online_recognizer(out), sherpa.online_recognizer(out, int8=True)
     fp32_hyps = [sherpa.decode_online(fp32_rec, _padded(w), ids) for w in setup["wavs"]]
     int8_hyps = [sherpa.decode_online(int8_rec, _padded(w), ids) for w in setup["wavs"]]
-    def token_error_rate(hyps):
-        return corpus_wer((list(map(str, r)), list(map(str, h))) for r, h in zip(trained_student["refs"], hyps)).wer
-
     # the model has learnt its utterances (otherwise the comparison below says nothing)
-    assert token_error_rate(fp32_hyps) < 10.0
+    assert token_error_rate(trained_student["refs"], fp32_hyps) < 10.0
     assert int8_hyps == fp32_hyps
 
     enc = OnnxStreamingEncoder(model, 4, 8)

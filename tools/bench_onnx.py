@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark an exported streaming student: sherpa-onnx fp32 / int8 against PyTorch streaming.
 
+Either encoder type: a Conformer export (sherpa-onnx model type
+``conformer``) or a Zipformer export (``zipformer2``); the type, chunk and
+left context are read from the export's encoder metadata.
+
 Same setup on every side: one live stream at a time, audio fed in pieces of
 --piece-ms, features computed incrementally (kaldi-native-fbank inside
 sherpa-onnx; asr_kd's OnlineFbank in PyTorch), one thread, greedy search,
 every utterance followed by --tail-silence-s of zeros (default: one chunk
-+ 0.1 s) and decoded with the
++ the encoder's look-ahead beyond the chunk + 70 ms, i.e. chunk + 0.1 s for
+the Conformer (30 ms look-ahead) and chunk + 0.2 s for the Zipformer
+(130 ms)) and decoded with the
 sherpa-onnx end-of-stream rule (PyTorch ``StreamingDecoder(tail="drop")``).
 
 Reports, as JSON on stdout (and --out if given):
@@ -51,7 +57,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="audio is fed to each stream in pieces of this many ms (default %(default)s)")
     p.add_argument("--tail-silence-s", type=float, default=None,
                    help="zeros appended to every utterance, on every side "
-                        "(default: the exported chunk + 0.1 s, enough to decode the speech at the end)")
+                        "(default: the exported chunk + the encoder's look-ahead + 70 ms, enough to decode "
+                        "the speech at the end)")
     p.add_argument("--num-threads", type=int, default=1, help="threads for every runtime (default %(default)s)")
     p.add_argument("--max-cuts", type=int, default=None, help="use only the first N cuts (default: all)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here (default: none)")
@@ -106,11 +113,12 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--checkpoint {args.checkpoint}: not a streaming student")
     meta = read_metadata(args.onnx_dir / "encoder.onnx")
     k, lc = int(meta["chunk_size_encoder_frames"]), int(meta["left_context_encoder_frames"])
+    look_ahead_s = 0.01 * (int(meta["T"]) - int(meta["decode_chunk_len"]))  # feature frames beyond the chunk
     model = load_model(args.checkpoint)
     tok = Tokenizer(args.bpe_model or export_onnx._bpe_from_checkpoint(args.checkpoint))
 
     cuts = list(CutSet.from_file(args.cuts))[: args.max_cuts]
-    tail_s = args.tail_silence_s if args.tail_silence_s is not None else 0.04 * k + 0.1
+    tail_s = args.tail_silence_s if args.tail_silence_s is not None else 0.04 * k + look_ahead_s + 0.07
     tail = np.zeros(int(round(tail_s * 16000)), np.float32)
     waves = [np.concatenate([c.load_audio()[0].astype(np.float32), tail]) for c in cuts]
     refs = [" ".join(s.text for s in c.supervisions).split() for c in cuts]
@@ -127,7 +135,8 @@ def run(args: argparse.Namespace) -> dict:
         runtimes[name] = (lambda r: lambda w: sherpa.decode_online(r, w, ids, piece_samples=piece))(rec)
 
     report: dict = {
-        "checkpoint": str(args.checkpoint), "cuts": str(args.cuts), "num_cuts": len(cuts),
+        "checkpoint": str(args.checkpoint), "model_type": meta["model_type"], "cuts": str(args.cuts),
+        "num_cuts": len(cuts),
         "audio_s": round(seconds, 2), "chunk_ms": 40 * k, "left_context_ms": 40 * lc,
         "num_threads": args.num_threads, "piece_ms": args.piece_ms, "tail_silence_s": round(tail_s, 3),
         "machine": _machine(),

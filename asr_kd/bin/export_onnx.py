@@ -2,7 +2,8 @@
 
 A chunk-wise (causal) student becomes a streaming model for
 ``sherpa_onnx.OnlineRecognizer.from_transducer`` (online model type
-``conformer``); a full-context teacher becomes an offline model for
+``conformer`` or ``zipformer2``, from the checkpoint's encoder type); a
+full-context teacher becomes an offline model for
 ``sherpa_onnx.OfflineRecognizer.from_transducer``.  Written into --out-dir:
 ``encoder.onnx``, ``decoder.onnx``, ``joiner.onnx``, ``tokens.txt`` and, with
 --int8, ``encoder.int8.onnx``, ``decoder.int8.onnx``, ``joiner.int8.onnx``.
@@ -37,9 +38,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="sentencepiece model for tokens.txt (default: the one recorded in the checkpoint)")
     p.add_argument("--chunk-ms", type=int, default=None,
                    help="streaming students: chunk size in ms, a positive multiple of 40 "
+                        "(Zipformer: of 160 with downsampling factors up to 8) "
                         "(default: the model's first training chunk size)")
     p.add_argument("--left-context-ms", type=int, default=None,
                    help="streaming students: attention left context in ms, a positive multiple of 40 "
+                        "(Zipformer: of 160 with downsampling factors up to 8) "
                         "(default: the model's first training left context; unlimited (-1) cannot be exported)")
     p.add_argument("--int8", action="store_true",
                    help="also write dynamically quantised *.int8.onnx copies (default: off)")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     from asr_kd.export.metadata import write_tokens
     from asr_kd.export.onnx_offline import export_offline
     from asr_kd.export.onnx_streaming import export_streaming
+    from asr_kd.export.onnx_zipformer import export_zipformer_streaming, required_multiple
     from asr_kd.export.quantize import quantize_int8
     from asr_kd.train.checkpoint import load_model
 
@@ -80,13 +84,13 @@ def run(args: argparse.Namespace) -> dict:
     if not Path(bpe).is_file():
         raise FileNotFoundError(f"--bpe-model {bpe}: file not found")
     model = load_model(args.checkpoint)
-    if model.config.encoder_type != "conformer":
-        raise ValueError(f"--checkpoint {args.checkpoint}: {model.config.encoder_type} export: not supported yet "
-                         "(only Conformer checkpoints can be exported to ONNX)")
+    encoder_type = model.config.encoder_type
     cfg = model.encoder.cfg
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"checkpoint": str(args.checkpoint), "bpe_model": str(bpe)}
+    summary: dict = {"checkpoint": str(args.checkpoint), "bpe_model": str(bpe), "encoder_type": encoder_type}
     if cfg.causal:
+        # the Zipformer's stacks need K and L divisible by their downsampling (160 ms for factors up to 8)
+        step_ms = FRAME_MS * (required_multiple(cfg) if encoder_type == "zipformer" else 1)
         k = ms_to_frames(args.chunk_ms, "--chunk-ms") if args.chunk_ms is not None else (
             cfg.chunk_sizes[0] if cfg.chunk_sizes else 0)
         if k <= 0:
@@ -100,8 +104,9 @@ def run(args: argparse.Namespace) -> dict:
             lc = cfg.left_contexts[0] if cfg.left_contexts else -1
             if lc < 0:
                 raise ValueError(f"{args.checkpoint}: the student was trained with unlimited left context, "
-                                 "which cannot be exported; pass --left-context-ms (a multiple of 40)")
-        paths = export_streaming(model, args.out_dir, k, lc)
+                                 f"which cannot be exported; pass --left-context-ms (a multiple of {step_ms})")
+        export = export_zipformer_streaming if encoder_type == "zipformer" else export_streaming
+        paths = export(model, args.out_dir, k, lc)
         summary.update(kind="streaming", chunk_ms=k * FRAME_MS, left_context_ms=lc * FRAME_MS)
     else:
         if args.chunk_ms is not None or args.left_context_ms is not None:

@@ -8,8 +8,9 @@ sherpa-onnx's transducer runtime calls three graphs (k2/icefall convention):
   ``decoder_proj`` (projected once per hypothesis update, not per frame);
 * joiner:   ``encoder_out (N, J), decoder_out (N, J) -> logit (N, V)``,
   i.e. ``output_linear(tanh(enc + dec))`` on already projected inputs;
-* encoder:  see ``onnx_streaming.py`` / ``onnx_offline.py``; its output is
-  projected with the joiner's ``encoder_proj`` (J wide).
+* encoder:  see ``onnx_streaming.py`` (Conformer), ``onnx_zipformer.py``
+  (Zipformer) / ``onnx_offline.py`` (both); its output is projected with the
+  joiner's ``encoder_proj`` (J wide).
 
 The decoder's metadata holds ``vocab_size`` and ``context_size``; the blank
 must be id 0 (sherpa-onnx assumes it).

@@ -38,14 +38,19 @@ def model_files(model_dir: PathLike, int8: bool = False) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
-def online_recognizer(model_dir: PathLike, int8: bool = False, num_threads: int = 1) -> Any:
-    """``sherpa_onnx.OnlineRecognizer`` (greedy search) for a streaming export."""
+def online_recognizer(model_dir: PathLike, int8: bool = False, num_threads: int = 1, model_type: str = "") -> Any:
+    """``sherpa_onnx.OnlineRecognizer`` (greedy search) for a streaming export.
+
+    ``model_type`` "" lets sherpa-onnx read it from the encoder metadata
+    ("conformer" or "zipformer2"); a non-empty value is passed on as it is.
+    """
     import sherpa_onnx
 
     f = model_files(model_dir, int8)
     return sherpa_onnx.OnlineRecognizer.from_transducer(
         tokens=f["tokens"], encoder=f["encoder"], decoder=f["decoder"], joiner=f["joiner"],
         num_threads=num_threads, sample_rate=SAMPLE_RATE, feature_dim=80, decoding_method="greedy_search",
+        model_type=model_type,
     )
 
 

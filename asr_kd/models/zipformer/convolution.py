@@ -115,7 +115,7 @@ class ChunkCausalDepthwiseConv1d(nn.Module):
             chunk = self.chunkwise_conv(x)
             scale = self._edge_scale(pos[None, :], lens[:, None].to(pos.device) - 1 - pos[None, :])
         else:
-            n = -(-t // chunk_size)
+            n = (t + chunk_size - 1) // chunk_size  # ceil, ONNX-traceable (see stack.py)
             xp = F.pad(x, (0, n * chunk_size - t)).reshape(b, c, n, chunk_size)
             xp = xp.permute(0, 2, 1, 3).reshape(b * n, c, chunk_size)
             chunk = self.chunkwise_conv(xp).reshape(b, n, c, chunk_size).permute(0, 2, 1, 3)

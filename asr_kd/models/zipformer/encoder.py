@@ -261,7 +261,9 @@ class ZipformerEncoder(nn.Module):
         chunk50 = 2 * k if k > 0 else -1
         left50 = 2 * lc if lc >= 0 else -1
 
-        t_out = int(self.output_lengths(torch.tensor(features.size(1))))
+        # output_lengths(T) without a tensor -> int conversion, so that ONNX export traces T as a dynamic
+        # axis (T >= MIN_FRAMES = 17 makes the max(0, .) of output_lengths unnecessary)
+        t_out = (features.size(1) - 13) // 4
         x = self.subsampling(features)[:, : 2 * t_out]  # (B, 2 T', d_0): complete frames only
         lens = self.output_lengths(feature_lens).to(x.device)
         lens50 = 2 * lens

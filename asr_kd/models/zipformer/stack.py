@@ -69,7 +69,7 @@ class SimpleDownsample(nn.Module):
     def forward(self, x: Tensor, lens: Optional[Tensor] = None) -> Tensor:
         """x (B, T, C); lens (B,) valid frames (frames beyond repeat the last valid one)."""
         b, t, c = x.shape
-        n = -(-t // self.factor)
+        n = (t + self.factor - 1) // self.factor  # ceil; not -(-t // f): ONNX traces // on sizes as truncation
         x = fill_beyond_length(x, lens, n * self.factor).reshape(b, n, self.factor, c)
         weights = torch.softmax(self.bias, dim=0).to(x.dtype)
         return (x * weights[:, None]).sum(dim=2)
