@@ -287,6 +287,19 @@ done
 student_models="baseline stage1 stage2 $ablations $controls$seed_models"
 
 # decode_model NAME KIND: KIND teacher (offline) or student (simulated and true streaming)
+# decode_key NAME KIND: the marker key of NAME's decode (its checkpoint and every decoding setting)
+decode_key() {
+  local key
+  key="$(sha256sum "$exp_dir/$1/pretrained.pt" | cut -d' ' -f1) $2 sets=$eval_sets chunks=$decode_chunk_ms modes=$student_decode_modes beam=$beam_size@$beam_chunk_ms subset=$train_subset_utts threads=$decode_threads device=$train_device"
+  [ "$decode_align" != teacher ] || key="$key align=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1)"
+  echo "$key"
+}
+# decode_done NAME KIND: NAME is decoded with today's settings (or has no checkpoint to decode)
+decode_done() {
+  [ -f "$exp_dir/$1/pretrained.pt" ] || return 0
+  stage_done "$exp_dir/$1/decode/.done" "$(decode_key "$1" "$2")"
+}
+
 decode_model() {
   local name=$1 kind=$2 ckpt key out set align=()
   ckpt=$exp_dir/$name/pretrained.pt
@@ -297,8 +310,7 @@ decode_model() {
     die "decode_align=$decode_align in $conf: empty or teacher"
   fi
   out=$exp_dir/$name/decode
-  key="$(sha256sum "$ckpt" | cut -d' ' -f1) $kind sets=$eval_sets chunks=$decode_chunk_ms modes=$student_decode_modes beam=$beam_size@$beam_chunk_ms subset=$train_subset_utts threads=$decode_threads device=$train_device"
-  [ ${#align[@]} -eq 0 ] || key="$key align=$(sha256sum "$teacher_ckpt" | cut -d' ' -f1)"
+  key=$(decode_key "$name" "$kind")
   if stage_done "$out/.done" "$key"; then
     log "stage 8: $name already decoded"
     return 0
@@ -360,6 +372,10 @@ if run_stage 8; then
     log "stage 8: up to $decode_jobs models at a time (progress: tail -f $exp_dir/*.decode.out)"
     pids=() names=() failed=""
     for spec in teacher:teacher $(for n in $student_models; do echo "$n:student"; done); do
+      if decode_done "${spec%%:*}" "${spec#*:}"; then  # nothing to do: no job, no output file
+        decode_model "${spec%%:*}" "${spec#*:}"
+        continue
+      fi
       while [ "$(jobs -rp | wc -l)" -ge "$decode_jobs" ]; do wait -n || true; done
       decode_model "${spec%%:*}" "${spec#*:}" > "$exp_dir/${spec%%:*}.decode.out" 2>&1 &
       pids+=("$!") names+=("${spec%%:*}")
@@ -369,7 +385,7 @@ if run_stage 8; then
       wait "${pids[$i]}" || failed="$failed ${names[$i]}"
     done
     trap - INT TERM
-    for n in "${names[@]}"; do grep '\[run.sh\]' "$exp_dir/$n.decode.out" || true; done
+    for n in ${names[@]+"${names[@]}"}; do grep '\[run.sh\]' "$exp_dir/$n.decode.out" || true; done
     if [ -n "$failed" ]; then
       for n in $failed; do tail -n 20 "$exp_dir/$n.decode.out" >&2; done
       die "stage 8 failed for:$failed (see $exp_dir/<model>.decode.out)"
