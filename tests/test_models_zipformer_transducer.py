@@ -92,10 +92,10 @@ def test_zipformer_presets() -> None:
 
 
 def _parse(*extra: str):
-    from asr_kd.train.args import build_parser
+    from asr_kd.train.cli import parse_settings
 
     base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d", "--encoder", "zipformer"]
-    return build_parser().parse_args(base + list(extra))
+    return parse_settings(base + list(extra)).model
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -299,16 +299,16 @@ def _kd_setup(corpus, teacher: Path, *extra: str):
 
     from asr_kd.data.datamodule import AsrDataModule, DataConfig
     from asr_kd.data.tokenizer import Tokenizer
-    from asr_kd.train.args import build_parser
-    from asr_kd.train.losses import build_loss_computer
+    from asr_kd.train.cli import parse_settings
+    from asr_kd.train.loss_factory import build_loss_computer
     from asr_kd.train.run import build_model_config
 
-    args = build_parser().parse_args(_argv(corpus, corpus["dir"] / "unused", "--chunk-size", "4", "--left-context",
-                                           "8", "--teacher-checkpoint", str(teacher), *extra))
-    tok = Tokenizer(args.bpe_model)
+    settings = parse_settings(_argv(corpus, corpus["dir"] / "unused", "--chunk-size", "4", "--left-context",
+                                    "8", "--teacher-checkpoint", str(teacher), *extra))
+    tok = Tokenizer(settings.run.bpe_model)
     torch.manual_seed(0)
-    student = build_transducer(build_model_config(args, tok.vocab_size))
-    lc = build_loss_computer(args, student, tok)
+    student = build_transducer(build_model_config(settings.model, tok.vocab_size))
+    lc = build_loss_computer(settings.loss, student, tok, bpe_model=settings.run.bpe_model)
     dm = AsrDataModule(DataConfig(max_duration=4, num_buckets=2, num_workers=0, spec_augment=True,
                                   return_clean=True, seed=1))
     return student, lc, next(iter(dm.train_dataloader(CutSet.from_file(corpus["train"]))))

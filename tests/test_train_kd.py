@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_kd.train.args import build_parser
-from asr_kd.train.kd_args import parse_layer_pairs, resolve_layer
+from asr_kd.train.cli import parse_settings
+from asr_kd.train.kd_config import parse_layer_pairs, resolve_layer
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +70,25 @@ def _argv(corpus, exp: Path, teacher: Path, *extra: str, epochs: int = 1) -> lis
 
 
 def _setup(corpus, teacher, *extra: str, student_seed: int = 0):
-    """(args, student, kd loss computer, one training batch with clean features)."""
+    """(settings, student, kd loss computer, one training batch with clean features)."""
     from lhotse import CutSet
 
     from asr_kd.data.datamodule import AsrDataModule, DataConfig
     from asr_kd.data.tokenizer import Tokenizer
     from asr_kd.models import build_transducer
-    from asr_kd.train.losses import build_loss_computer
+    from asr_kd.train.loss_factory import build_loss_computer
     from asr_kd.train.run import build_model_config
 
-    args = build_parser().parse_args(_argv(corpus, corpus["dir"] / "unused", teacher, *extra))
-    tok = Tokenizer(args.bpe_model)
+    settings = parse_settings(_argv(corpus, corpus["dir"] / "unused", teacher, *extra))
+    tok = Tokenizer(settings.run.bpe_model)
     torch.manual_seed(student_seed)
-    student = build_transducer(build_model_config(args, tok.vocab_size))
-    lc = build_loss_computer(args, student, tok)
+    student = build_transducer(build_model_config(settings.model, tok.vocab_size))
+    lc = build_loss_computer(settings.loss, student, tok, bpe_model=settings.run.bpe_model,
+                             on_the_fly_feats=settings.data.on_the_fly_feats)
     dm = AsrDataModule(DataConfig(max_duration=6, num_buckets=2, num_workers=0, spec_augment=True,
                                   return_clean=True, seed=1))
     batch = next(iter(dm.train_dataloader(CutSet.from_file(corpus["train"]))))
-    return args, student, lc, batch
+    return settings, student, lc, batch
 
 
 # ------------------------------------------------------------------ start-up checks

@@ -312,3 +312,151 @@ def test_continue_from_equals_an_uninterrupted_run(corpus, reference_run, tmp_pa
     # resuming the continued run counts epochs the same way
     train_main(_argv(corpus, exp, "--continue-from", str(reference_run / "epoch-1.pt"), "--resume",
                      "--avg", "0", epochs=1))
+
+
+# ------------------------------------------------------------------ checkpoints written before the typed settings
+
+#: the top-level keys of an epoch checkpoint as written since format_version 1 (``Trainer.state_dict`` +
+#: ``train_metrics``); kept literally so a change of the layout is a visible decision
+EPOCH_CHECKPOINT_KEYS = {
+    "format_version", "model", "model_config", "feature_config", "bpe_model", "bpe_sha256", "optimizer",
+    "scheduler", "grad_scaler", "loss_computer", "sampler", "rng", "epoch", "batch_idx", "batch_idx_train",
+    "epoch_done", "bad_batches", "valid_loss", "args", "run_id", "epoch_offset", "epoch_metrics", "param_names",
+    "train_metrics",
+}
+
+
+def _todays_args(corpus, exp: Path) -> dict:
+    """``args`` as the argparse-era ``sanitize_args(args)`` stored it for ``_argv(corpus, exp, "--ctc-scale", "0.3")``."""
+    return {
+        "exp_dir": str(exp), "cuts_train": str(corpus["train"]), "cuts_valid": str(corpus["valid"]),
+        "bpe_model": str(corpus["bpe"]), "max_duration": 4.0, "min_cut_duration": 0.0,
+        "max_cut_duration": float("inf"), "num_buckets": 2, "num_workers": 0, "spec_augment": True,
+        "noise_cuts": None, "speed_perturb": False, "on_the_fly_feats": False, "encoder": "conformer",
+        "preset": "tiny", "causal": True, "chunk_size": [4, 8], "left_context": [8, -1], "dynamic_chunk": None,
+        "dropout": None, "num_layers": None, "frontend_scale": None, "num_epochs": 2, "optimizer": "adamw",
+        "lr": 0.005, "weight_decay": 0.01, "warmup_batches": 2, "lr_batches": 5000.0, "lr_epochs": 6.0,
+        "lr_schedule": "inverse-sqrt", "max_grad_norm": 5.0, "clipping_scale": 2.0, "amp": "auto", "seed": 11,
+        "max_bad_batches": 10, "prune_range": 5, "am_scale": 0.0, "lm_scale": 0.25, "simple_loss_scale": 0.5,
+        "pruned_scale_start": 0.1, "warm_step": 4, "delay_penalty": 0.0, "ctc_scale": 0.3, "resume": None,
+        "overwrite": False, "allow_changed_settings": False, "init_from": None, "continue_from": None,
+        "save_every_n": 3, "keep_last_k": 5, "avg": 1, "log_interval": 2, "tensorboard": True, "progress": False,
+        "device": "auto", "find_unused_parameters": False, "kd_stage": None, "teacher_checkpoint": None,
+        "teacher_cache": None, "kd_hidden_layers": "[(-1, -1)]", "kd_hidden_scale": 1.0, "kd_output_scale": 1.0,
+        "kd_projection": "auto", "kd_smoothing": "adaptive-power", "kd_temperature": 2.0,
+        "kd_target_entropy": 0.5, "kd_alpha_min": 0.1, "kd_distribution": "full", "kd_ranges": "student",
+        "kd_occupancy": False, "kd_teacher_input": "clean",
+    }  # fmt: skip
+
+
+def _todays_epoch_checkpoint(corpus, exp: Path) -> dict:
+    """An end-of-epoch-1 checkpoint with the key layout of the argparse-era training (built here, no binary file).
+
+    Model, CTC head and AdamW state are real (one optimiser step), so a resume loads every part.
+    """
+    import random
+
+    import numpy as np
+    from torch import nn
+
+    from asr_kd.data.features import feature_config_dict
+    from asr_kd.data.tokenizer import Tokenizer, file_sha256
+    from asr_kd.models import build_transducer, preset_config
+    from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
+
+    vocab = Tokenizer(corpus["bpe"]).vocab_size
+    cfg = preset_config("tiny", "student", vocab, chunk_sizes=(4, 8), left_contexts=(8, -1), dynamic_chunk=True)
+    torch.manual_seed(5)
+    model = build_transducer(cfg)
+    ctc_head = nn.Linear(model.encoder.output_dim, vocab)
+    ocfg = OptimConfig(lr=5e-3, warmup_batches=2)
+    opt = build_optimizer(list(model.parameters()) + list(ctc_head.parameters()), ocfg)
+    sched = WarmupDecaySchedule(opt, ocfg)
+    sum((p.float() ** 2).sum() for g in opt.param_groups for p in g["params"]).mul(1e-6).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    for _ in range(5):
+        sched.step_batch()
+    sched.step_epoch()
+    names = {id(p): f"model.{n}" for n, p in model.named_parameters()}
+    names.update({id(p): f"ctc_head.{n}" for n, p in ctc_head.named_parameters()})
+    np_state = np.random.get_state()
+    rng = {
+        "python": random.getstate(),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+    }
+    return {
+        "format_version": 1,
+        "model": model.state_dict(),
+        "model_config": cfg.to_dict(),
+        "feature_config": feature_config_dict(),
+        "bpe_model": str(Path(corpus["bpe"]).resolve()),
+        "bpe_sha256": file_sha256(corpus["bpe"]),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "grad_scaler": {},
+        "loss_computer": {"ctc_head": ctc_head.state_dict()},
+        "sampler": None,
+        "rng": [rng],
+        "epoch": 1,
+        "batch_idx": 5,
+        "batch_idx_train": 5,
+        "epoch_done": True,
+        "bad_batches": 0,
+        "valid_loss": 3.0,
+        "args": _todays_args(corpus, exp),
+        "run_id": "20240101-000000-compat",
+        "epoch_offset": 0,
+        "epoch_metrics": [{"frames": 0.0, "sums": {}}],
+        "param_names": [names[id(p)] for g in opt.param_groups for p in g["params"]],
+        "train_metrics": {"loss": 3.5},
+    }
+
+
+def test_checkpoint_of_the_argparse_era_resumes(corpus, tmp_path, caplog) -> None:
+    """A checkpoint with today's key layout and flat ``args`` resumes; --allow-changed-settings works as before."""
+    import logging
+
+    from asr_kd.data.tokenizer import Tokenizer
+    from asr_kd.models import build_transducer
+    from asr_kd.train.cli import parse_settings
+    from asr_kd.train.loss_factory import build_loss_computer
+    from asr_kd.train.run import build_model_config
+
+    exp = tmp_path / "old"
+    exp.mkdir()
+    old = _todays_epoch_checkpoint(corpus, exp)
+    assert set(old) == EPOCH_CHECKPOINT_KEYS
+    torch.save(old, exp / "epoch-1.pt")
+    argv = _argv(corpus, exp, "--ctc-scale", "0.3")
+    settings = parse_settings(argv)
+    assert dict(settings.record) == old["args"]  # the flat record keeps every key and value
+    # the loss computer's state of that layout loads into the new one, under the same parameter names
+    tok = Tokenizer(corpus["bpe"])
+    lc = build_loss_computer(settings.loss, build_transducer(build_model_config(settings.model, tok.vocab_size)), tok)
+    lc.load_state_dict(old["loss_computer"])
+    assert torch.equal(lc.ctc_head.weight, old["loss_computer"]["ctc_head"]["weight"])
+    assert [n for n, _ in lc.named_parameters()] == [n for n in old["param_names"] if n.startswith("ctc_head.")]
+
+    with pytest.raises(ValueError, match=r"other settings: --lr 0.005 -> 0.001"):
+        train_main(argv + ["--resume", "--lr", "1e-3"])
+    shutil.copytree(exp, tmp_path / "changed")
+
+    train_main(argv + ["--resume"])
+    new = load_checkpoint(exp / "epoch-2.pt")
+    assert set(new) == EPOCH_CHECKPOINT_KEYS
+    assert new["args"] == {**old["args"], "resume": "latest"}
+    assert new["run_id"] == old["run_id"] and new["epoch"] == 2 and new["batch_idx_train"] > 5
+    assert new["param_names"] == old["param_names"]
+    assert set(new["loss_computer"]) == {"ctc_head"}
+
+    changed = tmp_path / "changed"
+    with caplog.at_level(logging.WARNING, logger="asr_kd.train.settings"):
+        train_main(_argv(corpus, changed, "--ctc-scale", "0.3", "--resume", "--lr", "1e-3",
+                         "--allow-changed-settings"))
+    assert "--allow-changed-settings" in caplog.text and "--lr 0.005 -> 0.001" in caplog.text
+    ck = load_checkpoint(changed / "epoch-2.pt")
+    assert ck["args"]["lr"] == 0.001 and ck["run_id"] == old["run_id"]

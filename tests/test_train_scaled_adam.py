@@ -235,19 +235,17 @@ def test_build_optimizer_selects_scaled_adam() -> None:
 
 
 def test_cli_selects_scaled_adam_and_turns_off_the_loop_clip() -> None:
-    from asr_kd.train.args import build_parser, sanitize_args
-    from asr_kd.train.run import build_optim_config
+    from asr_kd.train.cli import build_parser, parse_settings
 
-    args = build_parser().parse_args(
-        BASE_ARGV + ["--optimizer", "scaled-adam", "--clipping-scale", "3", "--lr", "0.045"])
-    cfg = build_optim_config(args)
+    s = parse_settings(BASE_ARGV + ["--optimizer", "scaled-adam", "--clipping-scale", "3", "--lr", "0.045"])
+    cfg = s.optim
     assert (cfg.optimizer, cfg.clipping_scale, cfg.lr) == ("scaled-adam", 3.0, 0.045)
-    assert args.max_grad_norm == 0.0 and sanitize_args(args)["max_grad_norm"] == 0.0
-    explicit = build_parser().parse_args(BASE_ARGV + ["--max-grad-norm", "7", "--optimizer", "scaled-adam"])
-    assert explicit.max_grad_norm == 7.0
-    plain = build_parser().parse_args(BASE_ARGV)
-    assert plain.optimizer == "adamw" and plain.max_grad_norm == 5.0 and plain.clipping_scale == 2.0
-    assert build_optim_config(plain).optimizer == "adamw"
+    assert s.trainer.max_grad_norm == 0.0 and s.record["max_grad_norm"] == 0.0
+    explicit = parse_settings(BASE_ARGV + ["--max-grad-norm", "7", "--optimizer", "scaled-adam"])
+    assert explicit.trainer.max_grad_norm == 7.0 and explicit.record["max_grad_norm"] == 7.0
+    plain = parse_settings(BASE_ARGV)
+    assert plain.optim.optimizer == "adamw" and plain.trainer.max_grad_norm == 5.0 and plain.optim.clipping_scale == 2.0
+    assert plain.record["max_grad_norm"] == 5.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(BASE_ARGV + ["--optimizer", "sgd"])
 
@@ -258,7 +256,9 @@ def test_trainer_checkpoint_and_carry_with_scaled_adam(tmp_path) -> None:
     from asr_kd.train.distributed import DistInfo
     from asr_kd.train.trainer import Trainer, TrainerConfig
 
-    class _Loss:
+    from asr_kd.train.loss_computer import LossComputer
+
+    class _Loss(LossComputer):
         def __call__(self, model, batch, step):
             loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
             return loss, {"frames": float(batch["x"].shape[0]), "loss": float(loss.detach())}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from asr_kd.train import checkpoint as ckpt_mod
-from asr_kd.train.args import int_list, sanitize_args, str2bool
+from asr_kd.train.cli import int_list, sanitize_args, str2bool
 from asr_kd.train.checkpoint import (
     atomic_torch_save,
     average_state_dicts,
@@ -25,9 +25,10 @@ from asr_kd.train.checkpoint import (
     set_rng_state,
 )
 from asr_kd.train.distributed import DistInfo
+from asr_kd.train.loss_computer import LossComputer
 from asr_kd.train.losses import TransducerLossConfig, loss_scales
-from asr_kd.train.metrics import MetricsTracker
 from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
+from asr_kd.train.tracking import MetricsTracker
 from asr_kd.train.trainer import BadBatchError, Trainer, TrainerConfig
 
 
@@ -204,7 +205,7 @@ def test_metrics_tracker_frame_weighting() -> None:
 # ---------------------------------------------------------------- NaN guard (toy model)
 
 
-class _ToyLoss:
+class _ToyLoss(LossComputer):
     """loss = mean((w x - y)^2) per frame; NaN when the batch says so."""
 
     def __call__(self, model, batch, step):
@@ -255,19 +256,20 @@ def test_nan_gradient_is_skipped(tmp_path) -> None:
 def test_ctc_auxiliary_loss_term_parameters_and_state() -> None:
     """--ctc-scale w adds w * CTC_sum / N; the head is trainable, saved, and its gradient reaches the encoder."""
     from asr_kd.models import build_transducer, preset_config
-    from asr_kd.train.losses import TransducerLossComputer, build_loss_computer
+    from asr_kd.train.loss_factory import LossSettings, build_loss_computer
+    from asr_kd.train.losses import TransducerLossComputer
 
     torch.manual_seed(0)
     model = build_transducer(preset_config("tiny", "teacher", vocab_size=12))
     tokens = [[3, 4, 5], [6, 7]]
     batch = {"features": torch.randn(2, 120, 80), "feature_lens": torch.tensor([120, 97]),
              "texts": ["x", "y"], "tokens": tokens}
-    args = argparse.Namespace(prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
-                              pruned_scale_start=0.1, warm_step=0, ctc_scale=0.3, kd_stage=None)
-    lc = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    settings = LossSettings(TransducerLossConfig(warm_step=0), ctc_scale=0.3)
+    lc = build_loss_computer(settings, model, tokenizer=argparse.Namespace(encode=None))
     assert isinstance(lc, TransducerLossComputer)
     head = list(lc.parameters())
     assert len(head) == 2 and head[0].shape == (12, model.encoder.output_dim)
+    assert [n for n, _ in lc.named_parameters()] == ["ctc_head.weight", "ctc_head.bias"]  # checkpoint names
     model.eval()
     loss, info = lc(model, batch, step=10)
     out = model(batch["features"], batch["feature_lens"], tokens, prune_range=5, lm_scale=0.25)
@@ -288,8 +290,7 @@ def test_ctc_auxiliary_loss_term_parameters_and_state() -> None:
     assert model.encoder.layers[0].ff1.linear1.weight.grad.abs().sum() > 0
     assert model.decoder.embedding.weight.grad is None or model.decoder.embedding.weight.grad.abs().sum() == 0
     sd = lc.state_dict()
-    args.ctc_scale = 0.3
-    lc2 = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    lc2 = build_loss_computer(settings, model, tokenizer=argparse.Namespace(encode=None))
     lc2.load_state_dict(sd)
     torch.testing.assert_close(lc2.ctc_head.weight, lc.ctc_head.weight)
     with pytest.raises(ValueError, match="ctc_scale"):
@@ -320,7 +321,8 @@ def test_delay_penalty_reaches_both_losses_from_warm_step() -> None:
     """--delay-penalty d: off before warm_step, then both transducer losses are k2's penalised ones."""
     from asr_kd import rnnt
     from asr_kd.models import build_transducer, preset_config
-    from asr_kd.train.losses import TransducerLossComputer, build_loss_computer
+    from asr_kd.train.loss_factory import LossSettings, build_loss_computer
+    from asr_kd.train.losses import TransducerLossComputer
 
     torch.manual_seed(0)
     model = build_transducer(preset_config("tiny", "student", vocab_size=12)).eval()
@@ -340,9 +342,8 @@ def test_delay_penalty_reaches_both_losses_from_warm_step() -> None:
     torch.testing.assert_close(pen.pruned_loss, pruned_ref)
     assert abs(float(pen.simple_loss - plain.simple_loss)) > 1e-3
 
-    args = argparse.Namespace(prune_range=5, am_scale=0.0, lm_scale=0.25, simple_loss_scale=0.5,
-                              pruned_scale_start=0.1, warm_step=5, delay_penalty=d, ctc_scale=0.0, kd_stage=None)
-    lc = build_loss_computer(args, model, tokenizer=argparse.Namespace(encode=None))
+    settings = LossSettings(TransducerLossConfig(warm_step=5, delay_penalty=d))
+    lc = build_loss_computer(settings, model, tokenizer=argparse.Namespace(encode=None))
     assert isinstance(lc, TransducerLossComputer) and lc.cfg.delay_penalty == d
     frames = float(plain.num_frames)
     with torch.no_grad():
@@ -398,11 +399,11 @@ def test_disk_full_names_the_path_and_keeps_the_old_file(tmp_path) -> None:
 
 
 def test_frontend_scale_flag_resolves_against_the_model_width() -> None:
-    from asr_kd.train.args import build_parser
+    from asr_kd.train.cli import build_parser, parse_settings
     from asr_kd.train.run import build_model_config
 
     base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d"]
-    scale = lambda *extra: build_model_config(build_parser().parse_args(base + list(extra)), 60).encoder.frontend_scale  # noqa: E731
+    scale = lambda *extra: build_model_config(parse_settings(base + list(extra)).model, 60).encoder.frontend_scale  # noqa: E731
     assert scale() == 1.0
     assert scale("--frontend-scale", "sqrt-d") == pytest.approx(144 ** 0.5)  # small: d_model 144
     assert scale("--frontend-scale", "sqrt-d", "--preset", "tiny", "--causal", "true") == pytest.approx(8.0)
@@ -413,11 +414,11 @@ def test_frontend_scale_flag_resolves_against_the_model_width() -> None:
 
 def test_num_layers_flag_overrides_the_preset_depth() -> None:
     from asr_kd.models import build_transducer
-    from asr_kd.train.args import build_parser
+    from asr_kd.train.cli import parse_settings
     from asr_kd.train.run import build_model_config
 
     base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d", "--preset", "tiny"]
-    cfg = lambda *extra: build_model_config(build_parser().parse_args(base + list(extra)), 60)  # noqa: E731
+    cfg = lambda *extra: build_model_config(parse_settings(base + list(extra)).model, 60)  # noqa: E731
     assert cfg().encoder.num_layers == 2  # the tiny preset's own depth
     deeper = cfg("--num-layers", "3")
     assert deeper.encoder.num_layers == 3 and len(build_transducer(deeper).encoder.layers) == 3

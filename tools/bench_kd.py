@@ -359,7 +359,7 @@ def bench_steps(args: argparse.Namespace) -> dict:
     from asr_kd.distill import output_kd_loss, smooth_teacher
     from asr_kd.models import build_transducer, preset_config
     from asr_kd.train.kd import KDLossComputer
-    from asr_kd.train.kd_args import KDConfig
+    from asr_kd.train.kd_config import KDConfig
     from asr_kd.train.losses import TransducerLossComputer, TransducerLossConfig
 
     device = torch.device(args.device)
@@ -411,7 +411,7 @@ def bench_steps(args: argparse.Namespace) -> dict:
     kd = computer("output")
     feats, lens = batch["features"].to(device), batch["feature_lens"].to(device)
     with torch.no_grad():
-        s_out = kd.base.forward_model(student, batch)
+        s_out = kd.base.forward_model(student, batch, 0)
     t_enc = teacher.encoder(feats, lens).out.detach()
     bd = {}
 

@@ -45,8 +45,9 @@ from asr_kd import rnnt  # noqa: E402
 from asr_kd.data.datamodule import AsrDataModule, DataConfig, filter_short_cuts  # noqa: E402
 from asr_kd.data.tokenizer import Tokenizer  # noqa: E402
 from asr_kd.models import build_transducer  # noqa: E402
-from asr_kd.train.args import build_parser  # noqa: E402
-from asr_kd.train.losses import batch_to_device, build_loss_computer, loss_scales  # noqa: E402
+from asr_kd.train.cli import build_parser, settings_from_args  # noqa: E402
+from asr_kd.train.loss_factory import build_loss_computer  # noqa: E402
+from asr_kd.train.losses import batch_to_device, loss_scales  # noqa: E402
 from asr_kd.train.optim import OptimConfig, build_optimizer  # noqa: E402
 from asr_kd.train.run import build_model_config  # noqa: E402
 
@@ -125,17 +126,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for action in parser._actions:  # the tool writes nothing: --exp-dir is not needed
         if action.dest == "exp_dir":
-            action.required = False
+            action.required, action.default = False, "."
     parser.add_argument("--profile-batches", type=int, default=20, help="batches timed (default: %(default)s)")
     parser.add_argument("--profile-warmup", type=int, default=3, help="batches before timing (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     args = parser.parse_args(argv)
+    settings = settings_from_args(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = Tokenizer(args.bpe_model)
-    cfg = build_model_config(args, tokenizer.vocab_size)
+    cfg = build_model_config(settings.model, tokenizer.vocab_size)
     model = build_transducer(cfg).train()
-    lc = build_loss_computer(args, model, tokenizer)
+    lc = build_loss_computer(settings.loss, model, tokenizer, bpe_model=args.bpe_model,
+                             on_the_fly_feats=args.on_the_fly_feats)
     lc.train(True)
     opt = build_optimizer(list(model.parameters()) + list(lc.parameters()), OptimConfig(lr=args.lr, warmup_batches=1))
     from lhotse import CutSet
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
             with torch.no_grad():
                 ref = float(lc(model, batch, args.warm_step)[0])
             torch.set_rng_state(rng)
-        t, loss = profile_step(model, lc, opt, batch, args.warm_step, args.max_grad_norm)
+        t, loss = profile_step(model, lc, opt, batch, args.warm_step, settings.trainer.max_grad_norm)
         if i == 0:
             if abs(loss - ref) > 1e-3 * max(1.0, abs(ref)):
                 sys.exit(f"profile_step.py: the cut step's loss {loss:.5f} differs from the loss computer's {ref:.5f}")

@@ -23,7 +23,7 @@ __all__ = ["get_parser", "main"]
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from asr_kd.train.args import int_list, str2bool
+    from asr_kd.train.cli import int_list, str2bool
 
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.cache_teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from asr_kd.distill.cache import write_teacher_cache
     from asr_kd.models.encoders import layer_unit
     from asr_kd.train.kd import load_teacher
-    from asr_kd.train.kd_args import resolve_layer
+    from asr_kd.train.kd_config import resolve_layer
 
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,18 +24,17 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from asr_kd.train.args import build_parser
+from asr_kd.train.cli import build_parser, settings_from_args
 
 
 def get_parser() -> argparse.ArgumentParser:
-    return build_parser(with_kd=True)
+    return build_parser()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from asr_kd.train.run import run_training
+    from asr_kd.train.run import run_training  # local: --help need not load the training run (data, lhotse)
 
-    args = get_parser().parse_args(argv)
-    run_training(args)
+    run_training(settings_from_args(get_parser().parse_args(argv)))
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

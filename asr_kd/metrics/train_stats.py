@@ -11,7 +11,7 @@ torch-load checkpoints. Format (``format`` 1)::
                       "valid": {"loss": ...}, "frames": 51234.0, "batch_idx_train": 420}, ...}}
 
 ``train`` holds the epoch's frame-weighted means, over all ranks, of every
-entry of the loss computer's per-batch ``info`` (``asr_kd.train.metrics``);
+entry of the loss computer's per-batch ``info`` (``asr_kd.train.tracking``);
 for output KD (``asr_kd.train.kd``) these include ``kd_output_loss`` (KL per
 encoder frame), ``kd_teacher_entropy`` / ``kd_teacher_entropy_smoothed``
 (mean teacher entropy per pruned-lattice node before / after smoothing, nats),

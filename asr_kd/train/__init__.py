@@ -2,22 +2,26 @@
 
 Public API::
 
-    from asr_kd.train import (LossComputer, TransducerLossComputer, build_loss_computer,
+    from asr_kd.train import (LossComputer, TransducerLossComputer, LossSettings, build_loss_computer,
                               Trainer, TrainerConfig, OptimConfig, WarmupDecaySchedule,
-                              build_optimizer, load_model, average_checkpoints)
+                              build_optimizer, load_model, average_checkpoints, TrainingSettings)
 
-Entry point: ``python -m asr_kd.bin.train`` (see ``asr_kd.train.args``).
+Entry point: ``python -m asr_kd.bin.train`` (flags and ``settings_from_args`` in
+``asr_kd.train.cli``, the run in ``asr_kd.train.run.run_training(settings)``).
+
+Import arrows inside the package (one way; ``tests/test_import_graph.py`` checks
+there is no circle and that no loss computer imports the command line)::
+
+    cli -> settings -> loss_factory -> kd -> kd_config, losses -> loss_computer
+    run -> settings, loss_factory, carry -> trainer -> loss_computer, tracking, optim, checkpoint
 """
 
 from asr_kd.train.checkpoint import average_checkpoints, load_checkpoint, load_model
-from asr_kd.train.losses import (
-    LossComputer,
-    TransducerLossComputer,
-    TransducerLossConfig,
-    build_loss_computer,
-    loss_scales,
-)
+from asr_kd.train.loss_computer import LossComputer
+from asr_kd.train.loss_factory import LossSettings, build_loss_computer
+from asr_kd.train.losses import TransducerLossComputer, TransducerLossConfig, loss_scales
 from asr_kd.train.optim import OptimConfig, WarmupDecaySchedule, build_optimizer
+from asr_kd.train.settings import TrainingSettings
 from asr_kd.train.trainer import BadBatchError, Trainer, TrainerConfig
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "LossComputer",
+    "LossSettings",
     "TransducerLossComputer",
     "TransducerLossConfig",
     "build_loss_computer",
@@ -32,6 +37,7 @@ __all__ = [
     "OptimConfig",
     "WarmupDecaySchedule",
     "build_optimizer",
+    "TrainingSettings",
     "BadBatchError",
     "Trainer",
     "TrainerConfig",

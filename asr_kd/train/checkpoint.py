@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -71,6 +72,7 @@ __all__ = [
 ]
 
 from asr_kd.atomic import atomic_torch_save
+from asr_kd.models import TransducerConfig, build_transducer
 
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,6 @@ class CheckpointError(RuntimeError):
 
 def _why_unreadable(path: Path, err: BaseException) -> str:
     """Short reason for a failed ``torch.load`` of ``path`` (judged from the file, not torch's text)."""
-    import zipfile
-
     size = path.stat().st_size
     if size == 0:
         return "empty file (0 bytes)"
@@ -318,8 +318,6 @@ def load_model(path_or_paths: Union[PathLike, Iterable[PathLike]], device: Union
         list of checkpoints to average (same model_config).
       device: where to put the model.
     """
-    from asr_kd.models import TransducerConfig, build_transducer
-
     if isinstance(path_or_paths, (str, Path)):
         ck = load_checkpoint(path_or_paths)
         state, where = ck["model"], str(path_or_paths)

@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Optional, Union
 
+from asr_kd.train.checkpoint import peek_checkpoint
+
 __all__ = ["ExpDirInUseError", "new_run_id", "run_files", "claim_fresh_exp_dir", "clean_stale_tmp"]
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,6 @@ def run_files(exp_dir: PathLike) -> list[Path]:
 
 
 def _old_run_id(files: list[Path]) -> str:
-    from asr_kd.train.checkpoint import peek_checkpoint
-
     for p in reversed(files):
         ck = peek_checkpoint(p)
         if ck is not None and ck.get("run_id"):

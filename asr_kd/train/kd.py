@@ -1,7 +1,7 @@
 """Distillation in the training step: stage 1 (hidden MSE), stage 2 (output KL), joint.
 
-``build_kd_loss_computer(args, model, base)`` (called by
-``asr_kd.train.losses.build_loss_computer`` when ``--kd-stage`` is given)
+``build_kd_loss_computer(cfg, model, base, ...)`` (called by
+``asr_kd.train.loss_factory.build_loss_computer`` when ``--kd-stage`` is given)
 loads the frozen teacher, checks that it is compatible with the student and
 returns a :class:`KDLossComputer`. One step, with N encoder frames in the
 batch, L_s / L_p the student's simple / pruned losses summed over the batch,
@@ -65,26 +65,28 @@ sized per layer pair (``hidden_dims``).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from asr_kd import rnnt
+from asr_kd.data.features import check_feature_config, feature_config_dict
+from asr_kd.data.tokenizer import file_sha256
 from asr_kd.distill import hidden_mse_loss, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
 from asr_kd.models.encoders import hidden_dims, layer_unit
 from asr_kd.models.transducer import node_occupancy
-from asr_kd.train.kd_args import KDConfig, add_kd_arguments, kd_config_from_args, resolve_layer
+from asr_kd.train.checkpoint import load_checkpoint, load_model
+from asr_kd.train.kd_config import KDConfig, resolve_layer
+from asr_kd.train.loss_computer import LossComputer
 from asr_kd.train.losses import TransducerLossComputer, batch_to_device
 
 __all__ = [
     "KDConfig",
     "KDLossComputer",
-    "add_kd_arguments",
     "build_kd_loss_computer",
     "check_teacher_compatible",
     "load_teacher",
@@ -107,9 +109,6 @@ def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, st
       bpe_model: the student's --bpe-model file.
       feature_config: the student's ``feature_config_dict()``.
     """
-    from asr_kd.data.features import check_feature_config
-    from asr_kd.data.tokenizer import file_sha256
-
     where = f"--teacher-checkpoint {teacher_path}"
     t_sha, s_sha = teacher_ckpt.get("bpe_sha256"), file_sha256(bpe_model)
     if t_sha != s_sha:
@@ -155,8 +154,6 @@ def load_teacher(path: str, device: torch.device) -> tuple[nn.Module, dict[str, 
 
     A causal (chunk-wise) teacher is accepted with a warning naming the file.
     """
-    from asr_kd.train.checkpoint import load_checkpoint, load_model
-
     ckpt = load_checkpoint(path)
     teacher = load_model(path, device)
     freeze(teacher)
@@ -197,8 +194,12 @@ def _pad_symbols(tokens: Sequence[Sequence[int]], blank_id: int, device: torch.d
 # --------------------------------------------------------------------------- loss computer
 
 
-class KDLossComputer:
+class KDLossComputer(LossComputer):
     """Transducer loss + distillation terms (see the module docstring).
+
+    Trainable state (``LossComputer`` hooks): the base's (``ctc_head``) and the
+    projections, named ``kd_projections`` (checkpoint state ``{"base": ...,
+    "projections": ...}``). The teacher is never trained, saved or synchronised.
 
     Args:
       base: the student's ``TransducerLossComputer`` (transducer loss, tokens, warm-ups).
@@ -246,11 +247,10 @@ class KDLossComputer:
 
     # ----------------------------------------------------------- hooks of the training loop
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """Trainable extras: the base's (CTC head) and the projections. Never the teacher's."""
-        yield from self.base.parameters()
-        if self.projections is not None:
-            yield from self.projections.parameters()
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The base's (CTC head) and the projections. Never the teacher."""
+        own = {"kd_projections": self.projections} if self.projections is not None else {}
+        return {**self.base.trainable_modules(), **own}
 
     def state_dict(self) -> dict[str, Any]:
         """Base state + projections; the teacher is not saved (it is reloaded from its checkpoint)."""
@@ -259,10 +259,20 @@ class KDLossComputer:
             sd["projections"] = self.projections.state_dict()
         return sd
 
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         self.base.load_state_dict(sd.get("base", {}))
         if self.projections is not None and "projections" in sd:
             self.projections.load_state_dict(sd["projections"])
+
+    def carry_state_dict(self, sd: Mapping[str, Any], where: str) -> None:
+        """The base's CTC head, and the projections when the other run has them with the same shapes."""
+        self.base.carry_state_dict(sd, where)
+        if self.projections is not None and sd.get("projections"):
+            try:
+                self.projections.load_state_dict(sd["projections"])
+                log.info("--continue-from: KD projections carried from %s", where)
+            except RuntimeError:
+                log.warning("--continue-from: KD projections of %s do not fit this run's; they start fresh", where)
 
     def train(self, mode: bool = True) -> None:
         self._training = bool(mode)
@@ -401,33 +411,27 @@ class KDLossComputer:
 # --------------------------------------------------------------------------- construction
 
 
-def build_kd_loss_computer(args: argparse.Namespace, model: nn.Module, base: TransducerLossComputer,
-                           ) -> KDLossComputer:
-    """Load and check the teacher for ``args`` and wrap ``base`` (see module docstring)."""
-    from asr_kd.data.features import feature_config_dict
-    from asr_kd.data.tokenizer import file_sha256
+def build_kd_loss_computer(cfg: KDConfig, model: nn.Module, base: TransducerLossComputer, *, bpe_model: str,
+                           on_the_fly_feats: bool = False) -> KDLossComputer:
+    """Load and check the teacher of ``cfg`` and wrap ``base`` (see module docstring).
 
-    cfg = kd_config_from_args(args)
+    ``bpe_model``: the student's --bpe-model file (the teacher must share it);
+    ``on_the_fly_feats``: the student's --on-the-fly-feats (checked against a --teacher-cache).
+    """
     path = str(cfg.teacher_checkpoint)
     if not Path(path).is_file():
         raise ValueError(f"kd.py: --teacher-checkpoint {path} does not exist")
     device = next(model.parameters()).device
     teacher, meta = load_teacher(path, device)
-    check_teacher_compatible(meta, path, model, teacher, args.bpe_model, feature_config_dict())
+    check_teacher_compatible(meta, path, model, teacher, bpe_model, feature_config_dict())
     cache = None
     if cfg.teacher_cache:
-        if getattr(args, "speed_perturb", False):
-            raise ValueError(
-                "kd.py: --teacher-cache cannot be used with --speed-perturb true: perturbed copies have new "
-                "cut ids and features the cache does not hold; run the teacher live (no --teacher-cache)"
-            )
         cache = TeacherCache(cfg.teacher_cache)
         t_layers = len(teacher.encoder.layers)
         t_unit = layer_unit(teacher.encoder)
         cache.check(file_sha256(path), path, [resolve_layer(t, t_layers, "teacher", t_unit)
                                               for _, t in cfg.hidden_layers] if cfg.uses_hidden else [],
-                    feature_config_dict(),
-                    on_the_fly_feats=getattr(args, "on_the_fly_feats", None))
+                    feature_config_dict(), on_the_fly_feats=on_the_fly_feats)
     lc = KDLossComputer(base, teacher, cfg, model, cache=cache)
     n_teacher = sum(p.numel() for p in teacher.parameters())
     log.info("distillation: stage %s, teacher %s (%.2f M parameters, frozen)%s; %s", cfg.stage, path,

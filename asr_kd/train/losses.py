@@ -1,38 +1,9 @@
-"""Loss computers: what one training step optimises, pluggable for distillation.
+"""The transducer loss computer: simple + pruned losses with warmed-up scales, optional CTC.
 
-The training loop (``asr_kd.train.trainer``) knows nothing about
-transducers or distillation; it calls a *loss computer*::
-
-    loss, info = loss_computer(model, batch, step)
-
-* ``model``: the unwrapped model (a ``Transducer``; under DDP the loop wraps
-  model and loss computer together, see ``trainer.StepModule``).
-* ``batch``: a batch dict of ``asr_kd.data`` (features (B,T,80),
-  feature_lens (B,), texts, cut_ids, cuts[, clean_features]); tensors may
-  still be on the CPU -- the loss computer moves what it uses.
-* ``step``: global training batch index (0-based), for warm-ups.
-* ``loss``: 0-dim tensor to back-propagate, already normalised by the one
-  loss-normalisation rule: transducer (and CTC, output-KD) terms are sums over
-  the batch divided by ``info["frames"]``, the number of encoder frames of
-  this batch, so every term is per encoder frame and its weight does not
-  depend on batch size or utterance length; the hidden-layer MSE is a mean
-  over frames and dimensions.
-* ``info``: python floats for logging.  ``info["frames"]`` is required (the
-  normaliser, > 0).  Every other entry is a per-frame average of this batch;
-  trackers weight entries by ``frames`` when aggregating over batches and
-  ranks.  Under DDP the loop rescales ``loss`` by
-  ``frames * world_size / sum_ranks(frames)`` so that averaging gradients
-  over ranks gives exactly sum_all / frames_all.
-
-Optional hooks (looked up with ``getattr``):
-
-* ``parameters()`` -> iterable of extra trainable parameters (e.g. a KD
-  projection).  They are added to the optimiser and synchronised by DDP.
-  Frozen modules (a teacher) must not be returned.
-* ``state_dict()`` / ``load_state_dict(sd)`` -> stored under
-  ``"loss_computer"`` in training checkpoints.
-* ``train(mode: bool)`` -> called with the model's mode (train/validation).
-* ``needs_clean_features: bool`` -> ask the data module for ``clean_features``.
+What a loss computer is and what the training loop asks of it is stated by
+``asr_kd.train.loss_computer.LossComputer``; distillation builds on this one
+(``asr_kd.train.kd``); ``asr_kd.train.loss_factory.build_loss_computer`` picks
+and builds one from typed settings.
 
 Transducer loss (``TransducerLossComputer``): with simple and pruned losses
 L_s, L_p summed over the batch and N encoder frames,
@@ -66,33 +37,26 @@ and export never see it.
 
 from __future__ import annotations
 
-import argparse
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from asr_kd.train.loss_computer import LossComputer
+
 __all__ = [
-    "LossComputer",
     "TransducerLossConfig",
     "TransducerLossComputer",
     "loss_scales",
-    "add_loss_arguments",
-    "build_loss_computer",
     "batch_to_device",
 ]
 
-
-@runtime_checkable
-class LossComputer(Protocol):
-    """``(model, batch, step) -> (loss, info)``; see the module docstring for the contract."""
-
-    def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
-        ...
+log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransducerLossConfig:
     """Transducer loss options (the --prune-range ... flags).
 
@@ -146,7 +110,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, keys: Sequence[
     return out
 
 
-class TransducerLossComputer:
+class TransducerLossComputer(LossComputer):
     """Simple + pruned transducer loss with warmed-up scales.
 
     Args:
@@ -157,9 +121,10 @@ class TransducerLossComputer:
     For composition (distillation): ``forward_model`` runs the model and
     returns its ``TransducerOutput``; ``transducer_loss`` turns it into
     ``(loss, info)``.  ``__call__`` is the two in sequence.
-    """
 
-    needs_clean_features = False
+    Trainable state (``LossComputer`` hooks): the CTC head, named ``ctc_head``
+    (checkpoint state ``{"ctc_head": ...}``, parameter names ``ctc_head.<n>``).
+    """
 
     def __init__(self, encode: Callable[[list[str]], list[list[int]]], cfg: TransducerLossConfig,
                  ctc_head: Optional[nn.Linear] = None, ctc_scale: float = 0.0, blank_id: int = 0) -> None:
@@ -240,74 +205,23 @@ class TransducerLossComputer:
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
         return self.transducer_loss(self.forward_model(model, batch, step), step)
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return iter(self.ctc_head.parameters()) if self.ctc_head is not None else iter(())
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"ctc_head": self.ctc_head} if self.ctc_head is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"ctc_head": self.ctc_head.state_dict()} if self.ctc_head is not None else {}
 
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         if self.ctc_head is not None and "ctc_head" in sd:
             self.ctc_head.load_state_dict(sd["ctc_head"])
 
-    def train(self, mode: bool = True) -> None:
-        if self.ctc_head is not None:
-            self.ctc_head.train(mode)
-
-
-def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
-    """The transducer-loss flags (see TransducerLossConfig)."""
-    g = parser.add_argument_group("transducer loss")
-    g.add_argument("--prune-range", type=int, default=5, help="pruned-loss symbol range R (>= 2) (default: %(default)s)")
-    g.add_argument("--am-scale", type=float, default=0.0, help="am_only_scale of the smoothed simple loss (default: %(default)s)")
-    g.add_argument("--lm-scale", type=float, default=0.25, help="lm_only_scale of the smoothed simple loss (default: %(default)s)")
-    g.add_argument("--simple-loss-scale", type=float, default=0.5,
-                   help="weight of the simple loss after the warm-up (starts at 1) (default: %(default)s)")
-    g.add_argument("--pruned-scale-start", type=float, default=0.1,
-                   help="weight of the pruned loss at step 0 (ends at 1) (default: %(default)s)")
-    g.add_argument("--warm-step", type=int, default=2000,
-                   help="batches over which the two loss weights reach their final values (default: %(default)s)")
-    g.add_argument("--delay-penalty", type=float, default=0.0,
-                   help="k2 delay penalty on both transducer losses, applied from --warm-step on "
-                        "(0: off; the k2 authors tried 0.0015-0.01) (default: %(default)s)")
-    g.add_argument("--ctc-scale", type=float, default=0.0,
-                   help="weight of an auxiliary CTC loss on the encoder output (0: off) (default: %(default)s)")
-
-
-def transducer_loss_config(args: argparse.Namespace) -> TransducerLossConfig:
-    return TransducerLossConfig(
-        prune_range=args.prune_range,
-        am_scale=args.am_scale,
-        lm_scale=args.lm_scale,
-        simple_loss_scale=args.simple_loss_scale,
-        pruned_scale_start=args.pruned_scale_start,
-        warm_step=args.warm_step,
-        delay_penalty=float(getattr(args, "delay_penalty", 0.0)),
-    )
-
-
-def build_loss_computer(args: argparse.Namespace, model: nn.Module, tokenizer: Optional[Any] = None) -> LossComputer:
-    """The loss computer for these arguments.
-
-    Without distillation flags (``--kd-stage`` absent or "none"): a
-    ``TransducerLossComputer``.  Otherwise ``asr_kd.train.kd.build_kd_loss_computer(args,
-    model, base)`` receives the transducer loss computer ``base`` to build on.
-    ``model`` is already on its training device.
-    """
-    if tokenizer is None:
-        from asr_kd.data.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer(args.bpe_model)
-    ctc_scale = float(getattr(args, "ctc_scale", 0.0))
-    ctc_head = None
-    if ctc_scale > 0:
-        device = next(model.parameters()).device
-        ctc_head = nn.Linear(model.encoder.output_dim, model.vocab_size).to(device)
-    base = TransducerLossComputer(tokenizer.encode, transducer_loss_config(args), ctc_head=ctc_head,
-                                  ctc_scale=ctc_scale, blank_id=model.blank_id)
-    stage = getattr(args, "kd_stage", None)
-    if stage in (None, "none", ""):
-        return base
-    from asr_kd.train import kd  # provided by the distillation integration
-
-    return kd.build_kd_loss_computer(args, model, base)
+    def carry_state_dict(self, sd: Mapping[str, Any], where: str) -> None:
+        """The CTC head of another run (its state, or the ``base`` part of a KD run's state)."""
+        if self.ctc_head is None:
+            return
+        old = sd.get("base", sd) if isinstance(sd, Mapping) else {}
+        if old.get("ctc_head"):
+            self.ctc_head.load_state_dict(old["ctc_head"])
+            log.info("--continue-from: CTC head carried from %s", where)
+        else:
+            log.warning("--continue-from: %s has no CTC head; this run's starts fresh", where)

@@ -16,7 +16,7 @@ Optimiser (``OptimConfig.optimizer``, ``--optimizer``):
   built around learnt scales and without LayerNorm (the Zipformer); it is
   meant for that model.  It clips gradients itself (``clipping_scale`` times
   the median of recent gradient norms), so the trainer's own
-  ``--max-grad-norm`` clipping defaults to off with it (``asr_kd.train.args``).
+  ``--max-grad-norm`` clipping defaults to off with it (``asr_kd.train.cli``).
   ``weight_decay`` is not used by it; its ``lr`` is a relative step size
   (icefall's Zipformer recipe uses 0.045, against our AdamW default of
   2e-3).  No comparison of the two optimisers has been run here.
@@ -64,6 +64,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from asr_kd.train.scaled_adam import ScaledAdam
+
 __all__ = ["OptimConfig", "OPTIMIZERS", "SCHEDULES", "build_optimizer", "WarmupDecaySchedule", "param_groups"]
 
 #: decay forms of ``WarmupDecaySchedule`` (see the module docstring)
@@ -72,7 +74,7 @@ SCHEDULES = ("inverse-sqrt", "eden")
 OPTIMIZERS = ("adamw", "scaled-adam")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """Optimiser + schedule hyper-parameters (the CLI's --lr ... flags).
 
@@ -155,8 +157,6 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
             param_groups(params, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
         )
     if cfg.optimizer == "scaled-adam":
-        from asr_kd.train.scaled_adam import ScaledAdam
-
         trainable = [p for g in param_groups(params, 0.0) for p in g["params"]]
         clip = cfg.clipping_scale if cfg.clipping_scale > 0 else None
         return ScaledAdam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clipping_scale=clip)

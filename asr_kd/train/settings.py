@@ -1,7 +1,15 @@
-"""Training settings recorded in checkpoints, and the checks ``--resume`` applies to them.
+"""The typed settings of a training run, the record of them kept in checkpoints, and the checks of ``--resume``.
 
-Every checkpoint stores the command-line arguments (``args``).  A resume
-compares them with the new command line:
+:class:`TrainingSettings` is everything ``asr_kd.train.run.run_training``
+needs: the typed configurations of each part (model flags, optimiser, data,
+loop, loss) and the run control (resume, overwrite, init-from, continue-from,
+...).  ``asr_kd.train.cli.settings_from_args`` builds it from the command
+line; the argparse namespace goes no further.
+
+Every checkpoint (and ``train_stats.json``) stores the command-line arguments
+as a flat dictionary (``args``, :attr:`TrainingSettings.record`: one entry per
+flag, ``vars(args)`` made checkpoint-safe).  A resume compares them with the
+new command line:
 
 * settings in :data:`SAFE_TO_CHANGE` may differ (they do not change what is
   learned: paths of the run itself, logging, workers, checkpoint cadence,
@@ -18,11 +26,111 @@ Settings present on only one side (flags added by a newer version) are not compa
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Union
 
-__all__ = ["SAFE_TO_CHANGE", "settings_differences", "check_resume_settings"]
+from asr_kd.data.datamodule import DataConfig
+from asr_kd.train.loss_factory import LossSettings
+from asr_kd.train.optim import OptimConfig
+from asr_kd.train.trainer import TrainerConfig
+
+__all__ = ["ModelSettings", "RunSettings", "TrainingSettings", "SAFE_TO_CHANGE", "settings_differences",
+           "check_resume_settings"]
 
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model flags (``asr_kd.train.run.build_model_config`` turns them into a ``TransducerConfig``).
+
+    Attributes (None: the preset's value):
+      encoder: --encoder, conformer | zipformer.
+      preset: --preset, a model size of that encoder.
+      causal: --causal; False: full-context teacher, True: chunk-wise streaming student.
+      chunk_size / left_context: --chunk-size / --left-context in encoder frames (40 ms).
+      dynamic_chunk: --dynamic-chunk (None: True when a list has several entries).
+      dropout / num_layers: --dropout / --num-layers (the latter Conformer only).
+      frontend_scale: --frontend-scale, a number > 0 or "sqrt-d" (Conformer only).
+    """
+
+    encoder: str = "conformer"
+    preset: str = "small"
+    causal: bool = False
+    chunk_size: Optional[tuple[int, ...]] = None
+    left_context: Optional[tuple[int, ...]] = None
+    dynamic_chunk: Optional[bool] = None
+    dropout: Optional[float] = None
+    num_layers: Optional[int] = None
+    frontend_scale: Optional[Union[float, str]] = None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Run control and inputs: what to train on, where to start from, what to keep.
+
+    Attributes:
+      bpe_model / cuts_train / cuts_valid: --bpe-model, --cuts-train, --cuts-valid.
+      min_cut_duration / max_cut_duration: --min-cut-duration / --max-cut-duration (seconds).
+      resume: --resume: None (fresh run), "latest" (newest loadable checkpoint) or a file.
+      overwrite: --overwrite (move another run's files aside).
+      allow_changed_settings: --allow-changed-settings (resume although training settings differ).
+      init_from: --init-from CKPT (weights only), or None.
+      continue_from: --continue-from CKPT (full training state of an epoch checkpoint), or None.
+      seed: --seed (model init, sampler, augmentation, loaders).
+      device: --device, auto | cpu | cuda.
+      avg: --avg, epochs averaged into pretrained.pt (0: none).
+      tensorboard: --tensorboard.
+    """
+
+    bpe_model: str
+    cuts_train: str
+    cuts_valid: Optional[str] = None
+    min_cut_duration: float = 0.0
+    max_cut_duration: float = float("inf")
+    resume: Optional[str] = None
+    overwrite: bool = False
+    allow_changed_settings: bool = False
+    init_from: Optional[str] = None
+    continue_from: Optional[str] = None
+    seed: int = 42
+    device: str = "auto"
+    avg: int = 1
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """One training run, typed (module docstring).
+
+    Attributes:
+      run: RunSettings.
+      model: ModelSettings.
+      optim: OptimConfig (optimiser and LR schedule).
+      data: DataConfig (``return_clean`` is set by ``run_training`` from the loss computer).
+      trainer: TrainerConfig with the command line's values: ``num_epochs`` is --num-epochs (the run adds
+        the --continue-from epoch offset), ``amp`` may be "auto" (resolved for the device by the run);
+        ``epoch_audio_s`` and ``batch_count_scale`` are filled in by the run.
+      loss: LossSettings (transducer loss, CTC, distillation).
+      record: the flat dictionary of every flag (``asr_kd.train.cli.sanitize_args``) stored in checkpoints and
+        ``train_stats.json`` and compared by ``--resume``; read-only.
+    """
+
+    run: RunSettings
+    model: ModelSettings
+    optim: OptimConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    loss: LossSettings
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "record", MappingProxyType(dict(self.record)))
+
+    def record_dict(self) -> dict[str, Any]:
+        """A plain copy of :attr:`record` (what checkpoints store under ``args``)."""
+        return dict(self.record)
+
 
 SAFE_TO_CHANGE = frozenset({
     "exp_dir", "resume", "overwrite", "allow_changed_settings", "continue_from", "init_from",

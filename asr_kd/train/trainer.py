@@ -52,7 +52,10 @@ from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
+from asr_kd.metrics.train_stats import update_train_stats
 from asr_kd.train.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_torch_save,
@@ -62,8 +65,9 @@ from asr_kd.train.checkpoint import (
 )
 from asr_kd.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, is_distributed
 from asr_kd.train.eta import EtaMeter, format_duration
-from asr_kd.train.metrics import MetricsTracker, TensorBoardLogger
+from asr_kd.train.loss_computer import LossComputer, optimizer_param_names
 from asr_kd.train.optim import WarmupDecaySchedule
+from asr_kd.train.tracking import MetricsTracker, TensorBoardLogger
 
 __all__ = ["TrainerConfig", "StepModule", "StepResult", "Trainer", "BadBatchError"]
 
@@ -74,7 +78,7 @@ class BadBatchError(RuntimeError):
     """Too many consecutive batches with a non-finite loss or gradient."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainerConfig:
     """Loop options (the CLI flags of the same names).
 
@@ -82,7 +86,8 @@ class TrainerConfig:
       exp_dir: where checkpoints and tensorboard logs go.
       num_epochs: last epoch to train (epochs are 1-based).
       max_grad_norm: clip the global gradient L2 norm (<= 0: no clipping).
-      amp: "none" | "bf16" | "fp16"; ignored (with a warning) off CUDA.
+      amp: "none" | "bf16" | "fp16"; ignored (with a warning) off CUDA. (The command line's "auto" is
+        resolved for the device by ``asr_kd.train.run`` before the Trainer is built.)
       save_every_n: write checkpoint-<b>.pt every n batches (0: only epoch checkpoints).
       keep_last_k: batch checkpoints to keep (0: all).
       log_interval: batches between tensorboard/log lines.
@@ -130,21 +135,16 @@ class StepModule(nn.Module):
     teacher inside it must stay out of DDP and out of checkpoints).
     """
 
-    def __init__(self, model: nn.Module, loss_computer: Any) -> None:
+    def __init__(self, model: nn.Module, loss_computer: LossComputer) -> None:
         super().__init__()
         self.model = model
         own = {id(p) for p in model.parameters()}
-        extra = [p for p in _extra_parameters(loss_computer) if p.requires_grad and id(p) not in own]
+        extra = [p for p in loss_computer.parameters() if p.requires_grad and id(p) not in own]
         self.extra = nn.ParameterList(extra)
         object.__setattr__(self, "loss_computer", loss_computer)
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, float]]:
         return self.loss_computer(self.model, batch, step)
-
-
-def _extra_parameters(loss_computer: Any) -> list[nn.Parameter]:
-    fn = getattr(loss_computer, "parameters", None)
-    return list(fn()) if callable(fn) else []
 
 
 def _trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
@@ -161,7 +161,7 @@ class Trainer:
 
     Args:
       model: the (unwrapped) model, already on ``dist.device``.
-      loss_computer: see ``asr_kd.train.losses``.
+      loss_computer: a ``asr_kd.train.loss_computer.LossComputer``.
       optimizer: built over ``model`` + the loss computer's ``parameters()``.
       scheduler: WarmupDecaySchedule of ``optimizer``.
       cfg: TrainerConfig.
@@ -175,7 +175,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        loss_computer: Any,
+        loss_computer: LossComputer,
         optimizer: torch.optim.Optimizer,
         scheduler: WarmupDecaySchedule,
         cfg: TrainerConfig,
@@ -199,8 +199,6 @@ class Trainer:
         self.params = _trainable(self.step_module.parameters())
         self._check_optimizer_covers_params()
         if is_distributed():
-            from torch.nn.parallel import DistributedDataParallel
-
             self.ddp: nn.Module = DistributedDataParallel(
                 self.step_module,
                 device_ids=[self.device] if self.device.type == "cuda" else None,
@@ -238,9 +236,7 @@ class Trainer:
 
     def _set_train_mode(self, mode: bool) -> None:
         self.model.train(mode)
-        fn = getattr(self.loss_computer, "train", None)
-        if callable(fn):
-            fn(mode)
+        self.loss_computer.train(mode)
 
     def _set_batch_count(self) -> None:
         """Feed the adjusted batch count (module docstring) to an encoder with schedules."""
@@ -334,9 +330,6 @@ class Trainer:
 
         ``rng``/``metrics``: per-rank RNG states and epoch train-loss sums (default: this rank's only).
         """
-        lc_sd = getattr(self.loss_computer, "state_dict", None)
-        from asr_kd.train.carry import optimizer_param_names
-
         return {
             "format_version": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -344,7 +337,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "loss_computer": lc_sd() if callable(lc_sd) else {},
+            "loss_computer": self.loss_computer.state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "rng": rng if rng is not None else [get_rng_state()],
             "epoch": self.epoch,
@@ -388,9 +381,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler.is_enabled() and ckpt.get("grad_scaler"):
             self.scaler.load_state_dict(ckpt["grad_scaler"])
-        lc_load = getattr(self.loss_computer, "load_state_dict", None)
-        if callable(lc_load) and ckpt.get("loss_computer") is not None:
-            lc_load(ckpt["loss_computer"])
+        if ckpt.get("loss_computer") is not None:
+            self.loss_computer.load_state_dict(ckpt["loss_computer"])
         self.batch_idx_train = int(ckpt["batch_idx_train"])
         self.bad_in_row = int(ckpt.get("bad_batches", 0))
         rngs = ckpt["rng"]
@@ -429,8 +421,6 @@ class Trainer:
 
     def train_one_epoch(self, loader: Iterable[dict[str, Any]]) -> MetricsTracker:
         """Train over the rest of the current epoch of ``loader``; returns the epoch's local tracker."""
-        from tqdm.auto import tqdm
-
         self._set_train_mode(True)
         _own_generator(loader, self.cfg.seed)
         it = iter(loader)
@@ -466,8 +456,6 @@ class Trainer:
 
         A failed write is logged, never fatal: the checkpoint already holds the same ``train_metrics``.
         """
-        from asr_kd.metrics.train_stats import update_train_stats
-
         try:
             update_train_stats(self.cfg.exp_dir, self.epoch, train_avg, valid_avg, run_id=self.meta.get("run_id"),
                                args=self.meta.get("args") or {}, frames=frames,

@@ -1,27 +1,36 @@
-"""Command-line arguments of ``python -m asr_kd.bin.train``.
+"""The command line of ``python -m asr_kd.bin.train``: every flag, and the typed settings built from them.
 
-``add_training_arguments(parser)`` adds every flag of plain transducer
-training (model, data, optimisation, checkpoints, DDP, loss).  Distillation
-flags are added by ``asr_kd.train.kd.add_kd_arguments(parser)`` when that
-module exists (``build_parser`` does both).  Units: chunk sizes and left
-contexts are in encoder frames of 40 ms (= 4 feature frames of 10 ms).
+``build_parser()`` holds every flag of training (model, data, optimisation,
+loss, distillation, checkpoints, DDP); ``settings_from_args(args)`` turns the
+parsed namespace into one frozen ``asr_kd.train.settings.TrainingSettings``
+(validating flag combinations, one line naming the flags) and records the
+flat flag dictionary checkpoints keep (``sanitize_args``).  Nothing past the
+entry point sees the namespace.  Units: chunk sizes and left contexts are in
+encoder frames of 40 ms (= 4 feature frames of 10 ms).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
+from asr_kd.data.datamodule import DataConfig
+from asr_kd.distill import DEFAULT_ALPHA_MIN, SMOOTHING_METHODS
 from asr_kd.models.encoders import ENCODER_TYPES
 from asr_kd.models.presets import preset_names
 from asr_kd.options import add_refused_option, mapped_value
-from asr_kd.train.losses import add_loss_arguments
-from asr_kd.train.optim import OPTIMIZERS, SCHEDULES
+from asr_kd.train.kd_config import (DEFAULT_HIDDEN_SCALE, DEFAULT_OUTPUT_SCALE, DEFAULT_TARGET_ENTROPY,
+                                    DEFAULT_TEMPERATURE, KD_STAGES, KDConfig, parse_layer_pairs)
+from asr_kd.train.loss_factory import LossSettings
+from asr_kd.train.losses import TransducerLossConfig
+from asr_kd.train.optim import OPTIMIZERS, SCHEDULES, OptimConfig
+from asr_kd.train.settings import ModelSettings, RunSettings, TrainingSettings
+from asr_kd.train.trainer import TrainerConfig
 
-__all__ = ["str2bool", "int_list", "add_training_arguments", "build_parser", "sanitize_args",
-           "resolve_max_grad_norm", "DEFAULT_MAX_GRAD_NORM"]
+__all__ = ["str2bool", "int_list", "frontend_scale", "add_training_arguments", "add_loss_arguments",
+           "add_kd_arguments", "build_parser", "sanitize_args", "settings_from_args", "parse_settings",
+           "DEFAULT_MAX_GRAD_NORM"]
 
 #: --max-grad-norm when not given and --optimizer is adamw (with scaled-adam: 0, off)
 DEFAULT_MAX_GRAD_NORM = 5.0
@@ -29,7 +38,6 @@ DEFAULT_MAX_GRAD_NORM = 5.0
 #: --preset values of either encoder (asr_kd.train.run.build_model_config refuses the other encoder's)
 PRESET_CHOICES = tuple(sorted(set(preset_names("conformer")) | set(preset_names("zipformer"))))
 
-log = logging.getLogger(__name__)
 
 
 def str2bool(v: Any) -> bool:
@@ -56,7 +64,7 @@ def int_list(v: str) -> tuple[int, ...]:
 
 
 def frontend_scale(v: str) -> "float | str":
-    """--frontend-scale: ``"sqrt-d"`` (kept as is, resolved with the model's d_model) or a number > 0."""
+    """argparse type of --frontend-scale: ``"sqrt-d"`` (kept as is, resolved with the model's d_model) or a number > 0."""
     if v == "sqrt-d":
         return v
     try:
@@ -68,8 +76,16 @@ def frontend_scale(v: str) -> "float | str":
     return x
 
 
+def layer_pairs(v: str) -> tuple[tuple[int, int], ...]:
+    """argparse type of --kd-hidden-layers: "3:5,-1:-1" -> ((3, 5), (-1, -1)) (``kd_config.parse_layer_pairs``)."""
+    try:
+        return parse_layer_pairs(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """All flags of transducer training (not the KD ones)."""
+    """All flags of transducer training (not the KD ones, ``add_kd_arguments``)."""
     g = parser.add_argument_group("experiment and data")
     g.add_argument("--exp-dir", required=True, help="checkpoints, logs and tensorboard go here (required)")
     g.add_argument("--cuts-train", required=True, help="lhotse CutSet manifest of the training data (required)")
@@ -194,49 +210,72 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: DistributedDataParallel find_unused_parameters (default: %(default)s)")
 
 
-def resolve_max_grad_norm(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in ``--max-grad-norm`` when it was not given: 5 for adamw, 0 (off) for scaled-adam.
-
-    ScaledAdam clips relative to the median of recent gradient norms
-    (``--clipping-scale``); a fixed norm clip before it would clip twice.  An
-    explicit ``--max-grad-norm`` is kept.  Idempotent; ``build_parser``'s
-    parser calls it after parsing, so ``args.max_grad_norm`` is always a number.
-    """
-    if getattr(args, "max_grad_norm", 0.0) is None:
-        scaled = getattr(args, "optimizer", "adamw") == "scaled-adam"
-        args.max_grad_norm = 0.0 if scaled else DEFAULT_MAX_GRAD_NORM
-    return args
-
-
-class _TrainingParser(argparse.ArgumentParser):
-    """ArgumentParser that resolves defaults depending on other flags (``resolve_max_grad_norm``)."""
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
-        ns, rest = super().parse_known_args(args, namespace)
-        return resolve_max_grad_norm(ns), rest
+def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    """The transducer-loss flags (see TransducerLossConfig)."""
+    g = parser.add_argument_group("transducer loss")
+    g.add_argument("--prune-range", type=int, default=5, help="pruned-loss symbol range R (>= 2) (default: %(default)s)")
+    g.add_argument("--am-scale", type=float, default=0.0, help="am_only_scale of the smoothed simple loss (default: %(default)s)")
+    g.add_argument("--lm-scale", type=float, default=0.25, help="lm_only_scale of the smoothed simple loss (default: %(default)s)")
+    g.add_argument("--simple-loss-scale", type=float, default=0.5,
+                   help="weight of the simple loss after the warm-up (starts at 1) (default: %(default)s)")
+    g.add_argument("--pruned-scale-start", type=float, default=0.1,
+                   help="weight of the pruned loss at step 0 (ends at 1) (default: %(default)s)")
+    g.add_argument("--warm-step", type=int, default=2000,
+                   help="batches over which the two loss weights reach their final values (default: %(default)s)")
+    g.add_argument("--delay-penalty", type=float, default=0.0,
+                   help="k2 delay penalty on both transducer losses, applied from --warm-step on "
+                        "(0: off; the k2 authors tried 0.0015-0.01) (default: %(default)s)")
+    g.add_argument("--ctc-scale", type=float, default=0.0,
+                   help="weight of an auxiliary CTC loss on the encoder output (0: off) (default: %(default)s)")
 
 
-def build_parser(with_kd: bool = True) -> argparse.ArgumentParser:
-    """Parser with the training flags, plus the KD flags when ``asr_kd.train.kd`` is present."""
-    parser = _TrainingParser(
+def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
+    """The distillation flags (no effect unless --kd-stage is given)."""
+    g = parser.add_argument_group("knowledge distillation (asr_kd.train.kd)")
+    g.add_argument("--kd-stage", default=None, choices=KD_STAGES,
+                   help="hidden: stage 1 (transducer + lambda_h MSE); output: stage 2 (transducer + lambda_o KL "
+                        "over the pruned lattice); joint: one-stage baseline (both). Default: no distillation")
+    g.add_argument("--teacher-checkpoint", default=None,
+                   help="teacher checkpoint of asr_kd.train (e.g. exp/teacher/pretrained.pt); required with --kd-stage (default: none)")
+    g.add_argument("--teacher-cache", default=None,
+                   help="directory written by python -m asr_kd.bin.cache_teacher: teacher encoder outputs and "
+                        "hidden layers read from disk instead of running the teacher encoder (default: none, the teacher runs)")
+    g.add_argument("--kd-hidden-layers", type=layer_pairs, default=((-1, -1),),
+                   help="student:teacher encoder layer pairs, 0-based, negatives from the end, e.g. '2:5,-1:-1' "
+                        "(-1 = the encoder output) (default: -1:-1)")
+    g.add_argument("--kd-hidden-scale", type=float, default=DEFAULT_HIDDEN_SCALE,
+                   help="lambda_h, weight of the hidden MSE (mean over frames, dims and layer pairs) (default: %(default)s)")
+    g.add_argument("--kd-output-scale", type=float, default=DEFAULT_OUTPUT_SCALE,
+                   help="lambda_o, weight of the output KL (sum over valid pruned nodes / encoder frames) (default: %(default)s)")
+    g.add_argument("--kd-projection", default="auto", choices=("auto", "true", "false"),
+                   help="learned Linear on the student side of each layer pair (auto: only when dims differ) (default: %(default)s)")
+    g.add_argument("--kd-smoothing", default="adaptive-power", choices=SMOOTHING_METHODS,
+                   help="teacher smoothing: adaptive-power (the method), temperature (Hinton), none (default: %(default)s)")
+    g.add_argument("--kd-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help="tau for --kd-smoothing temperature (teacher and student tempered, KL x tau^2) (default: %(default)s)")
+    g.add_argument("--kd-target-entropy", type=float, default=DEFAULT_TARGET_ENTROPY,
+                   help="target entropy H* (nats) of adaptive-power smoothing (default: %(default)s)")
+    g.add_argument("--kd-alpha-min", type=float, default=DEFAULT_ALPHA_MIN,
+                   help="lower bound of the adaptive power alpha (effective temperature <= 1/alpha_min) (default: %(default)s)")
+    g.add_argument("--kd-distribution", default="full", choices=("full", "collapsed"),
+                   help="full vocabulary, or the collapsed 3-way {blank, next label, rest} baseline (default: %(default)s)")
+    g.add_argument("--kd-ranges", default="student", choices=("student", "teacher"),
+                   help="whose simple-loss pruning ranges define the lattice nodes of the KL (default: %(default)s)")
+    g.add_argument("--kd-occupancy", type=str2bool, default=False,
+                   help="true/false: weight KL nodes by the (detached) simple-lattice occupancy of the range owner (default: %(default)s)")
+    g.add_argument("--kd-teacher-input", default="clean", choices=("clean", "augmented"),
+                   help="teacher input: clean (before SpecAugment/noise) or the student's augmented features (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m asr_kd.bin.train``: training, loss and distillation flags."""
+    parser = argparse.ArgumentParser(
         prog="python -m asr_kd.bin.train",
         description="Train a transducer teacher (--causal false) or streaming student (--causal true).",
     )
     add_training_arguments(parser)
-    if with_kd:
-        kd = _optional_kd_module()
-        if kd is not None and hasattr(kd, "add_kd_arguments"):
-            kd.add_kd_arguments(parser)
+    add_kd_arguments(parser)
     return parser
-
-
-def _optional_kd_module() -> Optional[Any]:
-    try:
-        return importlib.import_module("asr_kd.train.kd")
-    except ModuleNotFoundError as e:
-        if e.name != "asr_kd.train.kd":
-            raise
-        return None
 
 
 def sanitize_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -252,3 +291,103 @@ def sanitize_args(args: argparse.Namespace) -> dict[str, Any]:
         else:
             out[k] = str(v)
     return out
+
+
+def _resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` with the defaults that depend on other flags filled in.
+
+    ``--max-grad-norm`` not given: 5 for adamw, 0 (off) for scaled-adam, which
+    clips relative to the median of recent gradient norms (``--clipping-scale``);
+    a fixed norm clip before it would clip twice.  An explicit value is kept.
+    """
+    ns = argparse.Namespace(**vars(args))
+    if ns.max_grad_norm is None:
+        ns.max_grad_norm = 0.0 if ns.optimizer == "scaled-adam" else DEFAULT_MAX_GRAD_NORM
+    return ns
+
+
+def _check_flag_combinations(a: argparse.Namespace) -> None:
+    """One-line ValueErrors for flag combinations that cannot mean anything."""
+    if a.resume is not None and a.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: resume the run, or move it aside")
+    if a.continue_from and a.init_from:
+        raise ValueError("--continue-from and --init-from exclude each other (--continue-from includes the weights)")
+    if a.num_epochs < 1:
+        raise ValueError(f"--num-epochs must be >= 1, got {a.num_epochs}")
+    if a.min_cut_duration > a.max_cut_duration:
+        raise ValueError(f"--min-cut-duration {a.min_cut_duration} is above --max-cut-duration "
+                         f"{a.max_cut_duration}: no cut could be kept")
+    if a.kd_stage is not None and a.teacher_cache and a.speed_perturb:
+        raise ValueError(
+            "kd.py: --teacher-cache cannot be used with --speed-perturb true: perturbed copies have new "
+            "cut ids and features the cache does not hold; run the teacher live (no --teacher-cache)"
+        )
+
+
+def _kd_config(a: argparse.Namespace) -> Optional[KDConfig]:
+    """KDConfig of the --kd-* / --teacher-* flags (ValueError on inconsistent settings); None without --kd-stage."""
+    if a.kd_stage is None:
+        return None
+    layers = parse_layer_pairs(a.kd_hidden_layers) if isinstance(a.kd_hidden_layers, str) else a.kd_hidden_layers
+    return KDConfig(
+        stage=a.kd_stage, teacher_checkpoint=a.teacher_checkpoint, teacher_cache=a.teacher_cache,
+        hidden_layers=tuple((int(s), int(t)) for s, t in layers), hidden_scale=float(a.kd_hidden_scale),
+        output_scale=float(a.kd_output_scale), projection=str(a.kd_projection), smoothing=str(a.kd_smoothing),
+        temperature=float(a.kd_temperature), target_entropy=float(a.kd_target_entropy),
+        alpha_min=float(a.kd_alpha_min), distribution=str(a.kd_distribution), ranges=str(a.kd_ranges),
+        occupancy=bool(a.kd_occupancy), teacher_input=str(a.kd_teacher_input),
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainingSettings:
+    """The frozen settings of a run from ``build_parser()``'s namespace (one-line ValueErrors naming the flags).
+
+    ``record`` is ``sanitize_args`` of the namespace with its dependent defaults
+    filled in (``--max-grad-norm``): exactly the dictionary every checkpoint and
+    ``train_stats.json`` keeps under ``args``.
+    """
+    a = _resolved(args)
+    _check_flag_combinations(a)
+    return TrainingSettings(
+        run=RunSettings(
+            bpe_model=a.bpe_model, cuts_train=a.cuts_train, cuts_valid=a.cuts_valid,
+            min_cut_duration=float(a.min_cut_duration), max_cut_duration=float(a.max_cut_duration),
+            resume=a.resume, overwrite=bool(a.overwrite), allow_changed_settings=bool(a.allow_changed_settings),
+            init_from=a.init_from, continue_from=a.continue_from, seed=int(a.seed), device=a.device,
+            avg=int(a.avg), tensorboard=bool(a.tensorboard),
+        ),
+        model=ModelSettings(
+            encoder=a.encoder, preset=a.preset, causal=bool(a.causal),
+            chunk_size=None if a.chunk_size is None else tuple(a.chunk_size),
+            left_context=None if a.left_context is None else tuple(a.left_context),
+            dynamic_chunk=a.dynamic_chunk, dropout=a.dropout, num_layers=a.num_layers,
+            frontend_scale=a.frontend_scale,
+        ),
+        optim=OptimConfig(optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
+                          warmup_batches=a.warmup_batches, lr_batches=a.lr_batches, lr_epochs=a.lr_epochs,
+                          schedule=a.lr_schedule, clipping_scale=a.clipping_scale),
+        data=DataConfig(max_duration=a.max_duration, num_buckets=a.num_buckets, num_workers=a.num_workers,
+                        spec_augment=a.spec_augment, noise_cuts=a.noise_cuts, speed_perturb=a.speed_perturb,
+                        on_the_fly_feats=a.on_the_fly_feats, seed=a.seed),
+        trainer=TrainerConfig(
+            exp_dir=Path(a.exp_dir), num_epochs=a.num_epochs, max_grad_norm=a.max_grad_norm, amp=a.amp,
+            save_every_n=a.save_every_n, keep_last_k=a.keep_last_k, log_interval=a.log_interval,
+            max_bad_batches=a.max_bad_batches, find_unused_parameters=a.find_unused_parameters,
+            progress=a.progress, seed=a.seed,
+        ),
+        loss=LossSettings(
+            transducer=TransducerLossConfig(
+                prune_range=a.prune_range, am_scale=a.am_scale, lm_scale=a.lm_scale,
+                simple_loss_scale=a.simple_loss_scale, pruned_scale_start=a.pruned_scale_start,
+                warm_step=a.warm_step, delay_penalty=float(a.delay_penalty),
+            ),
+            ctc_scale=float(a.ctc_scale),
+            kd=_kd_config(a),
+        ),
+        record=sanitize_args(a),
+    )
+
+
+def parse_settings(argv: Optional[Sequence[str]] = None) -> TrainingSettings:
+    """``settings_from_args(build_parser().parse_args(argv))`` (scripts and tests)."""
+    return settings_from_args(build_parser().parse_args(argv))

@@ -1,9 +1,9 @@
-"""Distillation flags of ``python -m asr_kd.bin.train`` and their parsed form.
+"""Distillation settings: :class:`KDConfig` (one field per ``--kd-*`` / ``--teacher-*`` flag) and its validation.
 
-``add_kd_arguments(parser)`` adds the ``--kd-*`` / ``--teacher-*`` flags;
-``kd_config_from_args(args)`` turns them into a validated :class:`KDConfig`.
-The method and the reasons for every default are in ``asr_kd.train.kd`` and
-docs/method.md; this module only parses and validates.
+The flags themselves are defined in ``asr_kd.train.cli`` (``add_kd_arguments``),
+which builds a :class:`KDConfig` from them; the method and the reasons for
+every default are in ``asr_kd.train.kd`` and docs/method.md; this module only
+holds the settings, their defaults and their checks.
 
 Defaults (the reasons, and what the default synth run logs, are in
 docs/method.md, "Training integration"):
@@ -24,7 +24,6 @@ docs/method.md, "Training integration"):
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,10 +32,12 @@ from asr_kd.distill import DEFAULT_ALPHA_MIN, SMOOTHING_METHODS
 __all__ = [
     "KD_STAGES",
     "KDConfig",
-    "add_kd_arguments",
-    "kd_config_from_args",
     "parse_layer_pairs",
     "resolve_layer",
+    "DEFAULT_HIDDEN_SCALE",
+    "DEFAULT_OUTPUT_SCALE",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_TARGET_ENTROPY",
 ]
 
 KD_STAGES = ("hidden", "output", "joint")
@@ -93,22 +94,9 @@ def resolve_layer(index: int, num_layers: int, who: str, unit: str = "layers") -
     return index % num_layers
 
 
-def _layer_pairs_type(v: str) -> tuple[tuple[int, int], ...]:
-    try:
-        return parse_layer_pairs(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _str2bool(v: str) -> bool:
-    from asr_kd.train.args import str2bool
-
-    return str2bool(v)
-
-
-@dataclass
+@dataclass(frozen=True)
 class KDConfig:
-    """Parsed distillation options (one field per flag, see ``add_kd_arguments``)."""
+    """Distillation options (one field per flag, see ``asr_kd.train.cli.add_kd_arguments``)."""
 
     stage: str
     teacher_checkpoint: str
@@ -170,65 +158,3 @@ class KDConfig:
         if self.smoothing == "adaptive-power":
             return {"target_entropy": self.target_entropy, "alpha_min": self.alpha_min}
         return {}
-
-
-def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
-    """The distillation flags (no effect unless --kd-stage is given)."""
-    g = parser.add_argument_group("knowledge distillation (asr_kd.train.kd)")
-    g.add_argument("--kd-stage", default=None, choices=KD_STAGES,
-                   help="hidden: stage 1 (transducer + lambda_h MSE); output: stage 2 (transducer + lambda_o KL "
-                        "over the pruned lattice); joint: one-stage baseline (both). Default: no distillation")
-    g.add_argument("--teacher-checkpoint", default=None,
-                   help="teacher checkpoint of asr_kd.train (e.g. exp/teacher/pretrained.pt); required with --kd-stage (default: none)")
-    g.add_argument("--teacher-cache", default=None,
-                   help="directory written by python -m asr_kd.bin.cache_teacher: teacher encoder outputs and "
-                        "hidden layers read from disk instead of running the teacher encoder (default: none, the teacher runs)")
-    g.add_argument("--kd-hidden-layers", type=_layer_pairs_type, default=((-1, -1),),
-                   help="student:teacher encoder layer pairs, 0-based, negatives from the end, e.g. '2:5,-1:-1' "
-                        "(-1 = the encoder output) (default: -1:-1)")
-    g.add_argument("--kd-hidden-scale", type=float, default=DEFAULT_HIDDEN_SCALE,
-                   help="lambda_h, weight of the hidden MSE (mean over frames, dims and layer pairs) (default: %(default)s)")
-    g.add_argument("--kd-output-scale", type=float, default=DEFAULT_OUTPUT_SCALE,
-                   help="lambda_o, weight of the output KL (sum over valid pruned nodes / encoder frames) (default: %(default)s)")
-    g.add_argument("--kd-projection", default="auto", choices=("auto", "true", "false"),
-                   help="learned Linear on the student side of each layer pair (auto: only when dims differ) (default: %(default)s)")
-    g.add_argument("--kd-smoothing", default="adaptive-power", choices=SMOOTHING_METHODS,
-                   help="teacher smoothing: adaptive-power (the method), temperature (Hinton), none (default: %(default)s)")
-    g.add_argument("--kd-temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   help="tau for --kd-smoothing temperature (teacher and student tempered, KL x tau^2) (default: %(default)s)")
-    g.add_argument("--kd-target-entropy", type=float, default=DEFAULT_TARGET_ENTROPY,
-                   help="target entropy H* (nats) of adaptive-power smoothing (default: %(default)s)")
-    g.add_argument("--kd-alpha-min", type=float, default=DEFAULT_ALPHA_MIN,
-                   help="lower bound of the adaptive power alpha (effective temperature <= 1/alpha_min) (default: %(default)s)")
-    g.add_argument("--kd-distribution", default="full", choices=("full", "collapsed"),
-                   help="full vocabulary, or the collapsed 3-way {blank, next label, rest} baseline (default: %(default)s)")
-    g.add_argument("--kd-ranges", default="student", choices=("student", "teacher"),
-                   help="whose simple-loss pruning ranges define the lattice nodes of the KL (default: %(default)s)")
-    g.add_argument("--kd-occupancy", type=_str2bool, default=False,
-                   help="true/false: weight KL nodes by the (detached) simple-lattice occupancy of the range owner (default: %(default)s)")
-    g.add_argument("--kd-teacher-input", default="clean", choices=("clean", "augmented"),
-                   help="teacher input: clean (before SpecAugment/noise) or the student's augmented features (default: %(default)s)")
-
-
-def kd_config_from_args(args: argparse.Namespace) -> KDConfig:
-    """KDConfig from parsed flags (ValueError on inconsistent settings)."""
-    layers = args.kd_hidden_layers
-    if isinstance(layers, str):
-        layers = parse_layer_pairs(layers)
-    return KDConfig(
-        stage=args.kd_stage,
-        teacher_checkpoint=args.teacher_checkpoint,
-        teacher_cache=args.teacher_cache,
-        hidden_layers=tuple((int(s), int(t)) for s, t in layers),
-        hidden_scale=float(args.kd_hidden_scale),
-        output_scale=float(args.kd_output_scale),
-        projection=str(args.kd_projection),
-        smoothing=str(args.kd_smoothing),
-        temperature=float(args.kd_temperature),
-        target_entropy=float(args.kd_target_entropy),
-        alpha_min=float(args.kd_alpha_min),
-        distribution=str(args.kd_distribution),
-        ranges=str(args.kd_ranges),
-        occupancy=bool(args.kd_occupancy),
-        teacher_input=str(args.kd_teacher_input),
-    )

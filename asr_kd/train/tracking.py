@@ -80,7 +80,7 @@ class TensorBoardLogger:
         self.writer: Any = None
         if log_dir is None or not enabled:
             return
-        try:
+        try:  # local: tensorboard is an optional package
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # GPU images may lack the tensorboard package
             log.warning("tensorboard is not available (%s): no tensorboard logs", e)
