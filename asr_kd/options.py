@@ -4,8 +4,8 @@ icefall users type ``--decoding-method greedy_search``, ``--beam-size 4``,
 ``--use-fp16 true``, ``--start-epoch 10``, ``--world-size 8``. Where our tool
 has the same thing under another name, the icefall spelling is an alias that
 lands in our option's ``dest``; where the meaning differs (or a unit differs,
-e.g. decoding's left context in ms against training's in 40 ms frames), the
-spelling is refused with one line naming the option to use instead.
+e.g. icefall's ``--chunk-size 16`` in 20 ms frames against our ``--chunk-ms
+320``), the spelling is refused with one line naming the option to use instead.
 """
 from __future__ import annotations
 

@@ -99,7 +99,9 @@ def test_icefall_spellings_are_aliases_or_refused_with_our_option(capsys) -> Non
                (decode, base + ["--left-cont", "32"], "unrecognized arguments"),  # no prefix matching
                (decode, base + ["--decoding-method", "fast_beam_search"], "greedy_search, modified_beam_search"),
                (train, tbase + ["--start-epoch", "3"], "--resume"),
-               (train, tbase + ["--world-size", "8"], "torchrun --nproc-per-node")]
+               (train, tbase + ["--world-size", "8"], "torchrun --nproc-per-node"),
+               (train, tbase + ["--chunk-size", "16"], "icefall's --chunk-size 16 at 50 Hz = 320 ms"),
+               (train, tbase + ["--left-context", "32"], "--left-context-ms 1280")]
     for parser, argv, hint in refused:
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)

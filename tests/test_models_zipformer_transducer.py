@@ -36,7 +36,7 @@ def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
         "--bpe-model", str(corpus["bpe"]), "--encoder", "zipformer", "--preset", "tiny", "--causal", "true",
-        "--chunk-size", "4,8", "--left-context", "8,-1", "--num-epochs", str(epochs),
+        "--chunk-ms", "160,320", "--left-context-ms", "320,-1", "--num-epochs", str(epochs),
         "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "3",
         "--lr", "5e-3", "--warmup-batches", "2", "--warm-step", "4", "--log-interval", "2",
         "--progress", "false", "--seed", "11", *extra,
@@ -46,7 +46,7 @@ def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
 def _teacher_argv(corpus, exp: Path, *extra: str, epochs: int) -> list[str]:
     argv = _argv(corpus, exp, "--causal", "false", "--dropout", "0", "--spec-augment", "false",
                  "--save-every-n", "0", *extra, epochs=epochs)
-    for flag in ("--chunk-size", "--left-context"):
+    for flag in ("--chunk-ms", "--left-context-ms"):
         i = argv.index(flag)
         del argv[i : i + 2]
     return argv
@@ -103,8 +103,8 @@ def _parse(*extra: str):
                            r"cpu\|large\|medium\|small\|tiny"),
     (("--preset", "tiny", "--num-layers", "3"), "--num-layers is a Conformer option"),
     (("--preset", "tiny", "--frontend-scale", "sqrt-d"), "--frontend-scale is a Conformer option"),
-    (("--preset", "tiny", "--causal", "true", "--chunk-size", "4,6"), "--chunk-size 6: .* multiples of 4"),
-    (("--preset", "tiny", "--causal", "true", "--left-context", "2"), "--left-context 2: .* multiples of 4"),
+    (("--preset", "tiny", "--causal", "true", "--chunk-ms", "160,240"), "--chunk-ms 240: .* multiples of 160 ms"),
+    (("--preset", "tiny", "--causal", "true", "--left-context-ms", "80"), "--left-context-ms 80: .* multiples of 160 ms"),
 ])  # fmt: skip
 def test_refused_flags_give_one_line(extra, match) -> None:
     from asr_kd.train.run import build_model_config
@@ -124,8 +124,8 @@ def test_cli_refusal_is_one_stderr_line(corpus, tmp_path, capsys) -> None:
 def test_flags_build_a_zipformer_student() -> None:
     from asr_kd.train.run import build_model_config
 
-    cfg = build_model_config(_parse("--preset", "tiny", "--causal", "true", "--chunk-size", "4,8",
-                                    "--left-context", "8,-1", "--dropout", "0.05"), 20)
+    cfg = build_model_config(_parse("--preset", "tiny", "--causal", "true", "--chunk-ms", "160,320",
+                                    "--left-context-ms", "320,-1", "--dropout", "0.05"), 20)
     assert cfg.encoder_type == "zipformer" and cfg.encoder.dropout == 0.05
     assert (cfg.encoder.chunk_sizes, cfg.encoder.left_contexts, cfg.encoder.dynamic_chunk) == ((4, 8), (8, -1), True)
     assert build_model_config(_parse("--preset", "small"), 20).encoder.causal is False
@@ -303,8 +303,8 @@ def _kd_setup(corpus, teacher: Path, *extra: str):
     from asr_kd.train.loss_factory import build_loss_computer
     from asr_kd.train.run import build_model_config
 
-    settings = parse_settings(_argv(corpus, corpus["dir"] / "unused", "--chunk-size", "4", "--left-context",
-                                    "8", "--teacher-checkpoint", str(teacher), *extra))
+    settings = parse_settings(_argv(corpus, corpus["dir"] / "unused", "--chunk-ms", "160", "--left-context-ms",
+                                    "320", "--teacher-checkpoint", str(teacher), *extra))
     tok = Tokenizer(settings.run.bpe_model)
     torch.manual_seed(0)
     student = build_transducer(build_model_config(settings.model, tok.vocab_size))

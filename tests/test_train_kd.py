@@ -61,8 +61,8 @@ def teacher(corpus):
 def _argv(corpus, exp: Path, teacher: Path, *extra: str, epochs: int = 1) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
-        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true", "--chunk-size", "4",
-        "--left-context", "-1", "--num-epochs", str(epochs), "--max-duration", "6", "--num-buckets", "2",
+        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true", "--chunk-ms", "160",
+        "--left-context-ms", "-1", "--num-epochs", str(epochs), "--max-duration", "6", "--num-buckets", "2",
         "--num-workers", "0", "--save-every-n", "0", "--lr", "5e-3", "--warmup-batches", "2",
         "--warm-step", "4", "--log-interval", "1", "--progress", "false", "--seed", "3", "--avg", "1",
         "--teacher-checkpoint", str(teacher), *extra,

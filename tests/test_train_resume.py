@@ -41,7 +41,7 @@ def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
         "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true",
-        "--chunk-size", "4,8", "--left-context", "8,-1", "--num-epochs", str(epochs),
+        "--chunk-ms", "160,320", "--left-context-ms", "320,-1", "--num-epochs", str(epochs),
         "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "3",
         "--lr", "5e-3", "--warmup-batches", "2", "--warm-step", "4", "--log-interval", "2",
         "--progress", "false", "--seed", "11", *extra,
@@ -147,7 +147,7 @@ def test_resume_with_other_model_flags_fails(corpus, reference_run, tmp_path) ->
     exp.mkdir()
     shutil.copy(reference_run / "epoch-1.pt", exp / "epoch-1.pt")
     argv = _argv(corpus, exp, "--resume")
-    argv[argv.index("4,8")] = "8"
+    argv[argv.index("160,320")] = "320"
     with pytest.raises(ValueError, match="model_config"):
         train_main(argv)
 
@@ -157,7 +157,7 @@ def test_teacher_trains_and_loss_falls(corpus, tmp_path) -> None:
     exp = tmp_path / "teacher"
     argv = _argv(corpus, exp, "--causal", "false", "--dropout", "0", "--spec-augment", "false",
                  "--save-every-n", "0", epochs=4)
-    for flag in ("--chunk-size", "--left-context"):
+    for flag in ("--chunk-ms", "--left-context-ms"):
         i = argv.index(flag)
         del argv[i:i + 2]
     train_main(argv)

@@ -312,7 +312,7 @@ def test_cli_training_with_scaled_adam_resumes_exactly(tmp_path) -> None:
 
     def argv(exp, *extra):
         return ["--exp-dir", str(exp), "--cuts-train", str(tmp_path / "train.jsonl.gz"), "--bpe-model", str(bpe),
-                "--preset", "tiny", "--causal", "true", "--chunk-size", "4,8", "--left-context", "8,-1",
+                "--preset", "tiny", "--causal", "true", "--chunk-ms", "160,320", "--left-context-ms", "320,-1",
                 "--num-epochs", "2", "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0",
                 "--save-every-n", "3", "--warmup-batches", "2", "--warm-step", "4", "--progress", "false",
                 "--tensorboard", "false", "--avg", "0", "--seed", "11",

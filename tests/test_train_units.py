@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from asr_kd.train import checkpoint as ckpt_mod
-from asr_kd.train.cli import int_list, sanitize_args, str2bool
+from asr_kd.train.cli import build_parser, int_list, sanitize_args, str2bool
 from asr_kd.train.checkpoint import (
     atomic_torch_save,
     average_state_dicts,
@@ -102,6 +102,50 @@ def test_arg_types() -> None:
         str2bool("maybe")
     ns = argparse.Namespace(a=(1, 2), b=Path("x"), c=None)
     assert sanitize_args(ns) == {"a": [1, 2], "b": "x", "c": None}
+
+
+_TRAIN_REQUIRED = ["--exp-dir", "e", "--cuts-train", "c.jsonl.gz", "--bpe-model", "b.model"]
+
+
+def _train_error(capsys, *argv: str) -> str:
+    """The one stderr line after the usage of a refused training command line (argparse exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(_TRAIN_REQUIRED + list(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage:") and err[-1].startswith("python -m asr_kd.bin.train: error: ")
+    return err[-1]
+
+
+def test_chunk_and_left_context_are_milliseconds_stored_as_encoder_frames(capsys) -> None:
+    """--chunk-ms / --left-context-ms land in chunk_size / left_context in 40 ms frames, as the
+    frame-valued flags did: settings, checkpoint ``args`` and --resume comparisons are unchanged."""
+    args = build_parser().parse_args(_TRAIN_REQUIRED + ["--chunk-ms", "320,160", "--left-context-ms", "1280"])
+    assert (args.chunk_size, args.left_context) == ((8, 4), (32,))
+    assert not hasattr(args, "chunk_ms") and not hasattr(args, "left_context_ms")
+    rec = sanitize_args(args)
+    assert (rec["chunk_size"], rec["left_context"]) == ([8, 4], [32])
+    args = build_parser().parse_args(_TRAIN_REQUIRED + ["--chunk-ms", "640,-1", "--left-context-ms", "2560,0,-1"])
+    assert (args.chunk_size, args.left_context) == ((16, -1), (64, 0, -1))
+    args = build_parser().parse_args(_TRAIN_REQUIRED)
+    assert (args.chunk_size, args.left_context) == (None, None)  # the preset's
+
+    line = _train_error(capsys, "--chunk-ms", "300")
+    assert "--chunk-ms" in line and "300 ms is not a multiple of 40 ms" in line and "280 or 320" in line
+    line = _train_error(capsys, "--left-context-ms", "1300")
+    assert "--left-context-ms" in line and "1280 or 1320" in line
+    assert "nearest valid: 40" in _train_error(capsys, "--chunk-ms", "20")
+    assert "-1 (full context)" in _train_error(capsys, "--chunk-ms", "0")
+    assert "-1 (unlimited)" in _train_error(capsys, "--left-context-ms", "-40")
+
+
+def test_frame_spellings_are_refused_naming_the_ms_options(capsys) -> None:
+    """icefall's --chunk-size 16 is 320 ms (50 Hz frames); the old frame-valued spellings are refused."""
+    line = _train_error(capsys, "--chunk-size", "8")
+    assert "--chunk-size is not accepted" in line and "--chunk-ms" in line and "--chunk-ms 320" in line
+    assert "icefall's --chunk-size 16" in line
+    line = _train_error(capsys, "--left-context", "32")
+    assert "--left-context is not accepted" in line and "--left-context-ms 1280" in line
 
 
 # ---------------------------------------------------------------- checkpoints

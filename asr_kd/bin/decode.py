@@ -77,12 +77,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--left-context-ms", dest="left_context_ms", type=int, default=None,
                    help="left context in ms (multiple of 40; -1 = unlimited) (default: the model's first training "
                         "left context)")
-    # training counts chunk and left context in 40 ms encoder frames: the unit-less
-    # spellings copied from a training command would silently mean something else here
+    # the unit-less spellings (icefall's 20 ms frames, older training commands' 40 ms
+    # encoder frames) would silently mean something else here
     add_refused_option(g, "--left-context", "decoding takes milliseconds: --left-context-ms MS "
-                                            "(training's --left-context 32 frames = --left-context-ms 1280)")
+                                            "(32 encoder frames = --left-context-ms 1280)")
     add_refused_option(g, "--chunk-size", "decoding takes milliseconds: --chunk-sizes-ms MS ... "
-                                          "(training's --chunk-size 8 frames = --chunk-sizes-ms 320)")
+                                          "(8 encoder frames = --chunk-sizes-ms 320; icefall's --chunk-size 16 "
+                                          "at 50 Hz = 320 ms)")
     g.add_argument("--max-duration", type=float, default=200.0,
                    help="offline/simulated: seconds of audio per batch (default: %(default)s)")
     g.add_argument("--num-streams", type=int, default=32, help="streaming: streams decoded together (default: %(default)s)")

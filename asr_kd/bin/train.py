@@ -5,9 +5,9 @@ Single process (CPU or one GPU)::
     python -m asr_kd.bin.train --exp-dir exp/teacher --cuts-train data/train.jsonl.gz \\
         --cuts-valid data/dev.jsonl.gz --bpe-model data/lang/bpe.model --preset small --causal false
 
-Streaming student with dynamic chunk training (chunk sizes in 40 ms encoder frames)::
+Streaming student with dynamic chunk training (chunk sizes and left contexts in ms, multiples of 40)::
 
-    python -m asr_kd.bin.train ... --causal true --chunk-size 16,8,32 --left-context 64,32,-1
+    python -m asr_kd.bin.train ... --causal true --chunk-ms 640,320,1280 --left-context-ms 2560,1280,-1
 
 Several processes (DDP; gloo on CPU, nccl on GPU)::
 

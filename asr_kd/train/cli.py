@@ -5,8 +5,11 @@ loss, distillation, checkpoints, DDP); ``settings_from_args(args)`` turns the
 parsed namespace into one frozen ``asr_kd.train.settings.TrainingSettings``
 (validating flag combinations, one line naming the flags) and records the
 flat flag dictionary checkpoints keep (``sanitize_args``).  Nothing past the
-entry point sees the namespace.  Units: chunk sizes and left contexts are in
-encoder frames of 40 ms (= 4 feature frames of 10 ms).
+entry point sees the namespace.  Units: ``--chunk-ms`` / ``--left-context-ms``
+are milliseconds on the command line (as in decoding and export) and become
+encoder frames of 40 ms (= 4 feature frames of 10 ms) at parse time: the
+namespace's ``chunk_size`` / ``left_context``, the settings and the ``args``
+checkpoints keep are in encoder frames, as they always were.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ from asr_kd.train.optim import OPTIMIZERS, SCHEDULES, OptimConfig
 from asr_kd.train.settings import ModelSettings, RunSettings, TrainingSettings
 from asr_kd.train.trainer import TrainerConfig
 
-__all__ = ["str2bool", "int_list", "frontend_scale", "add_training_arguments", "add_loss_arguments",
-           "add_kd_arguments", "build_parser", "sanitize_args", "settings_from_args", "parse_settings",
-           "DEFAULT_MAX_GRAD_NORM"]
+__all__ = ["str2bool", "int_list", "ms_list", "FRAME_MS", "frontend_scale", "add_training_arguments",
+           "add_loss_arguments", "add_kd_arguments", "build_parser", "sanitize_args", "settings_from_args",
+           "parse_settings", "DEFAULT_MAX_GRAD_NORM"]
 
 #: --max-grad-norm when not given and --optimizer is adamw (with scaled-adam: 0, off)
 DEFAULT_MAX_GRAD_NORM = 5.0
+
+#: one encoder frame in ms: --chunk-ms / --left-context-ms are multiples of it
+FRAME_MS = 40
 
 #: --preset values of either encoder (asr_kd.train.run.build_model_config refuses the other encoder's)
 PRESET_CHOICES = tuple(sorted(set(preset_names("conformer")) | set(preset_names("zipformer"))))
@@ -61,6 +67,38 @@ def int_list(v: str) -> tuple[int, ...]:
     if not out:
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {v!r}")
     return out
+
+
+def ms_list(option: str, allow_zero: bool) -> Any:
+    """argparse type of ``option`` (--chunk-ms, --left-context-ms): "320,160" -> (8, 4) encoder frames.
+
+    Each entry is a multiple of ``FRAME_MS`` (positive, or also 0 with
+    ``allow_zero``) or -1, which stays -1 (full context / unlimited).  Anything
+    else is one argparse error line (naming ``option``) with the nearest valid values.
+    """
+    lowest = 0 if allow_zero else FRAME_MS
+    minus_one = "-1 (unlimited)" if allow_zero else "-1 (full context)"
+
+    def convert(v: str) -> tuple[int, ...]:
+        frames = []
+        for ms in int_list(v):
+            if ms == -1:
+                frames.append(-1)
+            elif ms > 0 and ms % FRAME_MS:
+                below = ms // FRAME_MS * FRAME_MS
+                near = " or ".join(str(x) for x in (below, below + FRAME_MS) if x >= lowest)
+                raise argparse.ArgumentTypeError(
+                    f"{ms} ms is not a multiple of {FRAME_MS} ms (one encoder frame); nearest valid: {near}")
+            elif ms < lowest:
+                raise argparse.ArgumentTypeError(
+                    f"{ms} ms: expected {'' if allow_zero else 'positive '}multiples of {FRAME_MS} ms "
+                    f"(one encoder frame) or {minus_one}")
+            else:
+                frames.append(ms // FRAME_MS)
+        return tuple(frames)
+
+    convert.__name__ = option.lstrip("-").replace("-", "_")
+    return convert
 
 
 def frontend_scale(v: str) -> "float | str":
@@ -115,13 +153,22 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         "for --encoder zipformer (default: %(default)s)")
     g.add_argument("--causal", type=str2bool, default=False,
                    help="true/false; false: full-context teacher; true: chunk-wise streaming student (default: %(default)s)")
-    g.add_argument("--chunk-size", type=int_list, default=None,
-                   help="student chunk sizes in encoder frames (x40 ms), e.g. 16 or 16,8,32; "
-                        "first = decoding default; zipformer: multiples of 4 (default: the preset's, 16 = 640 ms "
-                        "for the conformer, 8 = 320 ms for the zipformer)")
-    g.add_argument("--left-context", type=int_list, default=None,
-                   help="student left contexts in encoder frames, -1 = unlimited; zipformer: multiples of 4 "
-                        "(default: the preset's, 64 = 2.56 s)")
+    g.add_argument("--chunk-ms", dest="chunk_size", type=ms_list("--chunk-ms", allow_zero=False), default=None,
+                   metavar="MS[,MS...]",
+                   help="student chunk sizes in milliseconds, positive multiples of 40 (one encoder frame) or -1 "
+                        "(full context), e.g. 640 or 640,320,1280; the first is the decoding default; "
+                        "zipformer: multiples of 160 ms (4 encoder frames) (default: the preset's, 640 ms for "
+                        "the conformer, 320 ms for the zipformer)")
+    g.add_argument("--left-context-ms", dest="left_context", type=ms_list("--left-context-ms", allow_zero=True),
+                   default=None, metavar="MS[,MS...]",
+                   help="student attention left contexts in milliseconds, multiples of 40, -1 = unlimited, "
+                        "e.g. 2560 or 2560,1280,-1; zipformer: multiples of 160 ms (default: the preset's, "
+                        "2560 ms = 2.56 s)")
+    add_refused_option(g, "--chunk-size", "chunk sizes are --chunk-ms in milliseconds (8 encoder frames = "
+                                          "--chunk-ms 320; icefall's --chunk-size 16 at 50 Hz = 320 ms)")
+    add_refused_option(g, "--left-context", "left contexts are --left-context-ms in milliseconds (32 encoder "
+                                            "frames = --left-context-ms 1280; icefall's --left-context-frames "
+                                            "128 at 50 Hz = 2560 ms)")
     g.add_argument("--dynamic-chunk", type=str2bool, default=None,
                    help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")

@@ -5,7 +5,7 @@ The settings come from ``asr_kd.train.cli.settings_from_args`` (``asr_kd.train.s
 Order of events (every rank):
  1. process group (torchrun env) and logging (``exp_dir/log/train-rank<r>.log``);
  2. seed python/numpy/torch with ``--seed`` (identical model init on all ranks);
- 3. tokenizer, model config from ``--encoder/--preset/--causal/--chunk-size/...``;
+ 3. tokenizer, model config from ``--encoder/--preset/--causal/--chunk-ms/...``;
     stale ``.tmp`` files of killed writers removed; with ``--resume``, the newest
     loadable checkpoint (unreadable ones skipped with a warning), whose model_config,
     bpe_sha256 and settings must match (``asr_kd.train.settings``) and whose run id
@@ -106,7 +106,7 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 
 def build_model_config(model: ModelSettings, vocab_size: int) -> TransducerConfig:
-    """TransducerConfig for --encoder/--preset/--causal/--chunk-size/--left-context/--dynamic-chunk/--dropout/
+    """TransducerConfig for --encoder/--preset/--causal/--chunk-ms/--left-context-ms/--dynamic-chunk/--dropout/
     --num-layers/--frontend-scale (``settings.model``) and the tokenizer's ``vocab_size``.
 
     One-line ValueErrors name the flag: a --preset of the other encoder, --num-layers or
@@ -143,7 +143,7 @@ def build_model_config(model: ModelSettings, vocab_size: int) -> TransducerConfi
         if encoder == "zipformer":
             _check_zipformer_chunks(model.preset, model.chunk_size or (), model.left_context or ())
     elif model.chunk_size is not None or model.left_context is not None or model.dynamic_chunk:
-        log.warning("--chunk-size/--left-context/--dynamic-chunk are ignored for a full-context model "
+        log.warning("--chunk-ms/--left-context-ms/--dynamic-chunk are ignored for a full-context model "
                     "(--causal false)")
     role = "student" if model.causal else "teacher"
     cfg = preset_config(model.preset, role, vocab_size, encoder_type=encoder, **overrides)
@@ -153,23 +153,23 @@ def build_model_config(model: ModelSettings, vocab_size: int) -> TransducerConfi
 
 
 def _check_zipformer_chunks(size: str, chunks: Sequence[int], lefts: Sequence[int]) -> None:
-    """One-line ValueError naming --chunk-size / --left-context when a stack's factor does not divide 2K / 2L."""
+    """One-line ValueError naming --chunk-ms / --left-context-ms (in ms) when a stack's factor does not divide 2K / 2L."""
     factors = zipformer_config(size).downsampling_factors
     step = math.lcm(*factors) // math.gcd(math.lcm(*factors), 2)  # smallest K with every factor dividing 2K
     for k in chunks:
         try:
             check_chunk_divisibility(factors, k, -1, "")
         except ValueError:
-            raise ValueError(f"--chunk-size {k}: --encoder zipformer needs chunk sizes (encoder frames) that are "
-                             f"multiples of {step} (-1 or 0: full context), so that every stack's downsampling "
-                             f"factor {list(factors)} divides 2K") from None
+            raise ValueError(f"--chunk-ms {k * 40}: --encoder zipformer needs chunk sizes that are multiples of "
+                             f"{step * 40} ms ({step} encoder frames; -1: full context), so that every stack's "
+                             f"downsampling factor {list(factors)} divides 2K") from None
     for lc in lefts:
         try:
             check_left_context(factors, lc, "")
         except ValueError:
-            raise ValueError(f"--left-context {lc}: --encoder zipformer needs left contexts (encoder frames) that "
-                             f"are multiples of {step} (-1: unlimited), so that every stack's downsampling factor "
-                             f"{list(factors)} divides 2L") from None
+            raise ValueError(f"--left-context-ms {lc * 40}: --encoder zipformer needs left contexts that are "
+                             f"multiples of {step * 40} ms ({step} encoder frames; -1: unlimited), so that every "
+                             f"stack's downsampling factor {list(factors)} divides 2L") from None
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -212,7 +212,7 @@ def _load_continue(run: RunSettings, model_cfg: TransducerConfig, bpe_sha: str) 
     ck = load_checkpoint(path)
     if ck.get("model_config") != model_cfg.to_dict():
         raise ValueError(f"--continue-from {path}: its model_config differs from the one built from the flags; "
-                         f"use the same --encoder/--preset/--causal/--chunk-size/--left-context/--dropout/--num-layers "
+                         f"use the same --encoder/--preset/--causal/--chunk-ms/--left-context-ms/--dropout/--num-layers "
                          f"as that run")
     if ck.get("bpe_sha256") != bpe_sha:
         raise ValueError(f"--continue-from {path} was trained with another BPE model than {run.bpe_model}")

@@ -48,7 +48,7 @@ class ModelSettings:
       encoder: --encoder, conformer | zipformer.
       preset: --preset, a model size of that encoder.
       causal: --causal; False: full-context teacher, True: chunk-wise streaming student.
-      chunk_size / left_context: --chunk-size / --left-context in encoder frames (40 ms).
+      chunk_size / left_context: --chunk-ms / --left-context-ms, in encoder frames (40 ms).
       dynamic_chunk: --dynamic-chunk (None: True when a list has several entries).
       dropout / num_layers: --dropout / --num-layers (the latter Conformer only).
       frontend_scale: --frontend-scale, a number > 0 or "sqrt-d" (Conformer only).
@@ -139,8 +139,19 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
+#: ``args`` keys in 40 ms encoder frames whose flags take milliseconds (asr_kd.train.cli.ms_list)
+_MS_FLAGS = {"chunk_size": "--chunk-ms", "left_context": "--left-context-ms"}
+
+
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return _MS_FLAGS.get(key) or "--" + key.replace("_", "-")
+
+
+def _shown(key: str, value: Any) -> Any:
+    """``value`` as its flag spells it: encoder frames of chunk_size / left_context in ms (-1 kept)."""
+    if key in _MS_FLAGS and isinstance(value, list):
+        return [v * 40 if isinstance(v, int) and v != -1 else v for v in value]
+    return value
 
 
 def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -154,7 +165,7 @@ def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tupl
             b = list(b)
         if a == b:
             continue
-        (safe if k in SAFE_TO_CHANGE else unsafe).append(f"{_flag(k)} {a!r} -> {b!r}")
+        (safe if k in SAFE_TO_CHANGE else unsafe).append(f"{_flag(k)} {_shown(k, a)!r} -> {_shown(k, b)!r}")
     return unsafe, safe
 
 

@@ -15,6 +15,8 @@
 #   required: model_preset chunk_size left_context max_duration num_workers lr
 #     warmup_batches lr_batches lr_epochs warm_step avg teacher_epochs
 #     student_epochs stage1_epochs stage2_epochs
+#     (chunk_size, left_context: comma lists in 40 ms encoder frames, -1 = full context /
+#     unlimited; training gets them in ms, see frames_to_ms)
 #   optional (default):
 #     seeds ("42")            the first seeds every main model; each further one adds
 #                             baseline-seed<i>, stage1-seed<i>, stage2-seed<i>
@@ -75,7 +77,22 @@ common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-mod
   --preset "$model_preset" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
   --warmup-batches "$warmup_batches" --lr-batches "$lr_batches" --lr-epochs "$lr_epochs"
   --warm-step "$warm_step" --avg "$avg" $train_args)
-student_args=(--causal true --chunk-size "$chunk_size" --left-context "$left_context")
+# frames_to_ms NAME LIST: the comma LIST of 40 ms encoder frames (chunk_size, left_context of the
+# confs) in milliseconds, as asr_kd.bin.train's --chunk-ms / --left-context-ms take them; -1 stays -1
+frames_to_ms() {
+  local out="" f
+  local -a frames
+  IFS=, read -r -a frames <<< "${2// /}"
+  [ "${#frames[@]}" -gt 0 ] || die "$1 is empty"
+  for f in "${frames[@]}"; do
+    [[ "$f" =~ ^(-1|[0-9]+)$ ]] || die "$1=$2: expected comma-separated encoder frames (40 ms each) or -1, got '$f'"
+    if [ "$f" = -1 ]; then out+="${out:+,}-1"; else out+="${out:+,}$((10#$f * 40))"; fi
+  done
+  echo "$out"
+}
+student_chunk_ms=$(frames_to_ms chunk_size "$chunk_size")
+student_left_context_ms=$(frames_to_ms left_context "$left_context")
+student_args=(--causal true --chunk-ms "$student_chunk_ms" --left-context-ms "$student_left_context_ms")
 
 # ---- how a training run is launched: one process, or torchrun
 # --num-gpus not given: one process on --device auto (CUDA when there is one, else CPU)
@@ -423,7 +440,7 @@ if run_stage 9; then
       --out-md "$exp_dir/RESULTS.md" --out-png "$exp_dir/wer_vs_latency.png" --exp-dir "$exp_dir" \
       --bootstrap $pairs --bootstrap-setting "greedy-streaming-chunk${bootstrap_chunk_ms}ms" \
       --header "preset: $preset ($conf); commit: $(git -C "$recipe_dir" rev-parse --short HEAD 2>/dev/null || echo unknown); machine: $(getconf _NPROCESSORS_ONLN) CPU cores, $(uname -m)" \
-      --header "decoding threads: $decode_threads per model, $decode_jobs model(s) at a time; student chunk: $decode_chunk_ms ms; left context: $((${left_context%%,*} * 40)) ms$latency_note"
+      --header "decoding threads: $decode_threads per model, $decode_jobs model(s) at a time; student chunk: $decode_chunk_ms ms; left context: ${student_left_context_ms%%,*} ms$latency_note"
     mark_done "$exp_dir/.stage9.done" "$key"
   fi
 fi
