@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "pick_chunk_option",
     "chunk_attention_mask",
     "rotary_angles",
     "apply_rotary",
@@ -208,3 +209,19 @@ class RotaryMultiheadAttention(nn.Module):
         weights = self.dropout(torch.softmax(scores, dim=-1))
         out = self.out_proj(self._merge(torch.matmul(weights, v)))
         return out, new_keys, new_values
+
+
+def pick_chunk_option(value: Optional[int], options: tuple[int, ...], default: int, draw: bool) -> int:
+    """One chunk setting (K or L, encoder frames) for a full forward of a causal encoder.
+
+    A given ``value`` wins; else ``default`` when ``options`` is empty; else, with
+    ``draw`` (training mode with dynamic chunks), a uniform draw from ``options``
+    (global torch RNG, so resume reproduces it); else the first option.
+    """
+    if value is not None:
+        return int(value)
+    if not options:
+        return default
+    if draw and len(options) > 1:
+        return options[int(torch.randint(len(options), (1,)).item())]
+    return options[0]

@@ -54,7 +54,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from asr_kd.models.attention import chunk_attention_mask
+from asr_kd.models.attention import chunk_attention_mask, pick_chunk_option
 from asr_kd.models.blocks import ConformerBlock
 from asr_kd.models.subsampling import Conv2dSubsampling
 
@@ -196,16 +196,9 @@ class ConformerEncoder(nn.Module):
         if not self.cfg.causal:
             return 0, -1
 
-        def pick(value: Optional[int], options: tuple[int, ...], default: int) -> int:
-            if value is not None:
-                return int(value)
-            if not options:
-                return default
-            if self.training and self.cfg.dynamic_chunk and len(options) > 1:
-                return options[int(torch.randint(len(options), (1,)).item())]
-            return options[0]
-
-        return pick(chunk_size, self.cfg.chunk_sizes, 0), pick(left_context, self.cfg.left_contexts, -1)
+        draw = self.training and self.cfg.dynamic_chunk
+        return (pick_chunk_option(chunk_size, self.cfg.chunk_sizes, 0, draw),
+                pick_chunk_option(left_context, self.cfg.left_contexts, -1, draw))
 
     def forward(
         self,

@@ -50,7 +50,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Conv2dSubsampling"]
+__all__ = ["Conv2dSubsampling", "register_feature_stats", "copy_feature_stats"]
+
+
+def register_feature_stats(module: nn.Module, num_features: int) -> None:
+    """Give a front end the identity normalisation buffers ``feature_mean`` (F,) = 0 and
+    ``feature_std`` (F,) = 1 (part of its state_dict, so they travel with the model)."""
+    module.register_buffer("feature_mean", torch.zeros(num_features))
+    module.register_buffer("feature_std", torch.ones(num_features))
+
+
+@torch.no_grad()
+def copy_feature_stats(module: nn.Module, mean: Tensor, std: Tensor, where: str) -> None:
+    """Set ``module``'s buffers from ``register_feature_stats``: mean (F,), std (F,) floored at 1e-3;
+    ValueError (prefixed ``where``) on a shape mismatch."""
+    if mean.shape != module.feature_mean.shape or std.shape != module.feature_std.shape:
+        raise ValueError(f"{where}: feature stats must have shape ({module.feature_mean.numel()},), "
+                         f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+    module.feature_mean.copy_(mean)
+    module.feature_std.copy_(std.clamp(min=1e-3))
 
 
 class Conv2dSubsampling(nn.Module):
@@ -81,17 +99,11 @@ class Conv2dSubsampling(nn.Module):
         freq_out = ((num_features - 1) // 2 - 1) // 2
         self.out = nn.Linear(channels * freq_out, d_model)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("feature_mean", torch.zeros(num_features))
-        self.register_buffer("feature_std", torch.ones(num_features))
+        register_feature_stats(self, num_features)
 
-    @torch.no_grad()
     def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
         """Set the per-bin normalisation: mean (F,), std (F,) > 0 (floored at 1e-3)."""
-        if mean.shape != self.feature_mean.shape or std.shape != self.feature_std.shape:
-            raise ValueError(f"subsampling.py: feature stats must have shape ({self.num_features},), "
-                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp(min=1e-3))
+        copy_feature_stats(self, mean, std, "subsampling.py")
 
     @staticmethod
     def output_lengths(feature_lens: Tensor) -> Tensor:

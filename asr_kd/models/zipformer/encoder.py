@@ -74,6 +74,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from asr_kd.models.attention import pick_chunk_option
 from asr_kd.models.conformer import EncoderOutput
 from asr_kd.models.zipformer.config import ZipformerConfig, check_chunk_divisibility, check_left_context
 from asr_kd.models.zipformer.frontend import ZipformerFrontEnd
@@ -196,16 +197,9 @@ class ZipformerEncoder(nn.Module):
         if not self.cfg.causal:
             return 0, -1
 
-        def pick(value: Optional[int], options: tuple[int, ...], default: int) -> int:
-            if value is not None:
-                return int(value)
-            if not options:
-                return default
-            if self.training and self.cfg.dynamic_chunk and len(options) > 1:
-                return options[int(torch.randint(len(options), (1,)).item())]
-            return options[0]
-
-        k, lc = pick(chunk_size, self.cfg.chunk_sizes, 0), pick(left_context, self.cfg.left_contexts, -1)
+        draw = self.training and self.cfg.dynamic_chunk
+        k, lc = (pick_chunk_option(chunk_size, self.cfg.chunk_sizes, 0, draw),
+                 pick_chunk_option(left_context, self.cfg.left_contexts, -1, draw))
         check_chunk_divisibility(self.cfg.downsampling_factors, k, lc, "")
         return k, lc
 

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr_kd.models.subsampling import copy_feature_stats, register_feature_stats
 from asr_kd.models.zipformer.scaling import BiasNorm, swoosh_l, swoosh_r
 
 __all__ = ["ConvNeXt", "ZipformerFrontEnd"]
@@ -134,17 +135,11 @@ class ZipformerFrontEnd(nn.Module):
         self.out = nn.Linear(self.CHANNELS * self.freq_out, out_dim)
         self.out_norm = BiasNorm(out_dim)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("feature_mean", torch.zeros(num_features))
-        self.register_buffer("feature_std", torch.ones(num_features))
+        register_feature_stats(self, num_features)
 
-    @torch.no_grad()
     def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
         """Set the per-bin normalisation: mean (F,), std (F,) > 0 (floored at 1e-3)."""
-        if mean.shape != self.feature_mean.shape or std.shape != self.feature_std.shape:
-            raise ValueError(f"zipformer: feature stats must have shape ({self.num_features},), "
-                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
-        self.feature_mean.copy_(mean)
-        self.feature_std.copy_(std.clamp(min=1e-3))
+        copy_feature_stats(self, mean, std, "zipformer")
 
     def cache_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         """Shape of the streaming cache: (B, 128, 3, F'), (B, 128, 3, 19) for 80 bins."""
