@@ -174,7 +174,7 @@ def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys, caplog):
     recogs = (tmp_path / "x" / "recogs-bad-greedy-offline-m.txt").read_text()
     assert all(c.id in recogs for c in good)
     # --strict: the first unreadable file stops the decode, with one line naming it
-    assert decode_cli.main(base + ["--out-dir", str(tmp_path / "y"), "--strict"]) == 1
+    assert decode_cli.main(base + ["--out-dir", str(tmp_path / "y"), "--strict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "garbage.wav" in err[-1] or "lost.wav" in err[-1]
     assert not (tmp_path / "y" / "results.json").exists()
@@ -182,10 +182,10 @@ def test_missing_audio_and_bad_arguments(setup, tmp_path, capsys, caplog):
                        (["--cuts", str(tmp_path / "nope.jsonl.gz")], "nope.jsonl.gz")):
         args = ["--checkpoint", str(ckpt), "--cuts", str(d / "cuts_test.jsonl.gz"),
                 "--out-dir", str(tmp_path / "y"), "--no-progress", *extra]
-        assert decode_cli.main(args) == 1
+        assert decode_cli.main(args) == 2
         assert msg in capsys.readouterr().err
     assert decode_cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "--cuts", "c",
-                            "--out-dir", str(tmp_path)]) == 1
+                            "--out-dir", str(tmp_path)]) == 2
     assert "missing.pt" in capsys.readouterr().err
 
 
@@ -201,7 +201,7 @@ def test_compare_cli(setup, tmp_path, capsys):
     assert "c320" in text and "95% CI" in text
     res = json.loads((out / "cmp.json").read_text())
     assert res["num_utts"] == 8 and res["ci_low"] <= res["diff"] <= res["ci_high"]
-    assert compare_cli.main([str(a), str(out / "none.txt")]) == 1
+    assert compare_cli.main([str(a), str(out / "none.txt")]) == 2
 
 
 def test_latency_end_to_end_with_oracle_references(setup, tmp_path):
@@ -254,7 +254,7 @@ def test_two_models_in_one_out_dir_and_checkpoint_with_epoch(setup, tmp_path, ca
                                                            "recogs-test-greedy-offline-model-b.txt"]
     assert len(json.loads((out / "results.json").read_text())) == 2
     assert decode_cli.main(["--checkpoint", str(ckpt), "--exp-dir", str(d), "--epoch", "1", "--cuts",
-                            str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out)]) == 1
+                            str(d / "cuts_test.jsonl.gz"), "--out-dir", str(out)]) == 2
     assert "not both" in capsys.readouterr().err
 
 

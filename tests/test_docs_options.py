@@ -29,7 +29,7 @@ FOREIGN = {"--encoder", "--decoder", "--joiner", "--tokens", "--num-threads", "-
 
 def _our_options() -> set[str]:
     opts: set[str] = set()
-    for m in pkgutil.iter_modules(asr_kd.bin.__path__):
+    for m in (m for m in pkgutil.iter_modules(asr_kd.bin.__path__) if not m.name.startswith("_")):
         for action in importlib.import_module(f"asr_kd.bin.{m.name}").get_parser()._actions:
             opts.update(action.option_strings)
     for run_sh in REPO.glob("egs/*/ASR/run.sh"):

@@ -228,13 +228,13 @@ def test_unlimited_left_context_is_refused(setup, tmp_path, capsys):
     torch.manual_seed(4)
     m = build_transducer(preset_config("tiny", "student", vocab_size=20, chunk_sizes=(4,), left_contexts=(-1,)))
     ckpt = _save(m, setup["bpe"], tmp_path / "unlimited.pt")
-    assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "o")]) == 1
+    assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "o")]) == 2
     assert "unlimited left context" in capsys.readouterr().err
     # an explicit finite left context makes it exportable
     assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "o"),
                              "--left-context-ms", "320"]) == 0
     assert export_onnx.main(["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "o"),
-                             "--chunk-ms", "50"]) == 1
+                             "--chunk-ms", "50"]) == 2
     assert "--chunk-ms must be a positive multiple of 40" in capsys.readouterr().err
 
 

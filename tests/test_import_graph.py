@@ -27,7 +27,7 @@ PACKAGE = REPO / "asr_kd"
 
 #: floors of the package, lowest first; a module is on the floor of its longest listed prefix
 FLOORS: list[list[str]] = [
-    ["asr_kd", "asr_kd.atomic", "asr_kd.options"],  # version, atomic writes, shared argparse helpers
+    ["asr_kd", "asr_kd.types", "asr_kd.atomic", "asr_kd.options"],  # version, type aliases, atomic writes, shared argparse helpers
     ["asr_kd.rnnt"],  # the transducer losses (k2's names)
     ["asr_kd.models", "asr_kd.data"],  # the networks; tokenizer, features, loaders
     ["asr_kd.distill", "asr_kd.metrics"],  # distillation losses and teacher cache; WER, latency, reports
@@ -35,12 +35,9 @@ FLOORS: list[list[str]] = [
     ["asr_kd.bin"],  # command-line entry points
 ]
 
-#: imports from a lower floor to a higher one that exist today and are to be removed (issue 22,
-#: item 4: model-artifact I/O -- reading and peeking checkpoints, load_model -- moves below train/,
-#: e.g. to asr_kd/models/checkpoint.py). Each entry must still exist: delete it when it is fixed.
-KNOWN_UPWARD_EDGES: set[tuple[str, str]] = {
-    ("asr_kd.metrics.train_stats", "asr_kd.train.checkpoint"),  # peek_checkpoint (item 4)
-}
+#: imports from a lower floor to a higher one that exist and are to be removed; each entry must
+#: still exist (delete it when it is fixed). Empty: model-file I/O lives in asr_kd.models.checkpoint.
+KNOWN_UPWARD_EDGES: set[tuple[str, str]] = set()
 
 #: the loss computers of train/: they must not depend on the command line
 LOSS_MODULES = (

@@ -109,4 +109,4 @@ def test_results_cli_omits_section_without_kd_models(tmp_path) -> None:
     assert json.loads(out.read_text()) == []
     # without --exp-dir: no section, no side file; --kd-stats-json alone is an error
     assert main(argv[:-4]) == 0 and "smoothing" not in (tmp_path / "R.md").read_text()
-    assert main(argv[:-4] + ["--kd-stats-json", str(out)]) == 1
+    assert main(argv[:-4] + ["--kd-stats-json", str(out)]) == 2

@@ -93,14 +93,28 @@ def test_bias_norm_matches_brute_force() -> None:
             ms = sum((float(x[i, t, c]) - b[c]) ** 2 for c in range(5)) / 5
             for c in range(5):
                 assert abs(float(y[i, t, c]) - float(x[i, t, c]) * math.exp(0.3) / math.sqrt(ms)) < 1e-12
-    # training holds the log-scale to [-1.5, 1.5]
+    # training holds the log-scale to [-1.5, 1.5] through its gradient only: the value used in training is
+    # the parameter itself (as in evaluation), and a gradient that would push it further out is reversed
     with torch.no_grad():
         norm.log_scale.fill_(3.0)
-    norm.train()
     ms = ((x - norm.bias) ** 2).mean(-1, keepdim=True)
-    torch.testing.assert_close(norm(x), x * math.exp(1.5) / ms.sqrt(), rtol=1e-12, atol=0)  # clamped
-    norm.eval()
-    torch.testing.assert_close(norm(x), x * math.exp(3.0) / ms.sqrt(), rtol=1e-12, atol=0)
+    grads = {}
+    for mode in ("train", "eval"):
+        getattr(norm, mode)()
+        norm.zero_grad()
+        out = norm(x)
+        torch.testing.assert_close(out, x * math.exp(3.0) / ms.sqrt(), rtol=1e-12, atol=0)
+        (-(out ** 2).sum()).backward()  # a larger log-scale lowers this loss: its gradient is negative
+        grads[mode] = norm.log_scale.grad.clone()
+    assert grads["eval"] < 0 and torch.equal(grads["train"], -grads["eval"])  # reversed: walks back to 1.5
+    with torch.no_grad():
+        norm.log_scale.fill_(0.3)  # inside the range: the gradient is untouched
+    for mode in ("train", "eval"):
+        getattr(norm, mode)()
+        norm.zero_grad()
+        (-(norm(x) ** 2).sum()).backward()
+        grads[mode] = norm.log_scale.grad.clone()
+    assert torch.equal(grads["train"], grads["eval"])
 
 
 def test_scheduled_float_and_bypass_schedule() -> None:
@@ -114,14 +128,22 @@ def test_scheduled_float_and_bypass_schedule() -> None:
     enc = ZipformerEncoder(_cfg(False))
     bypasses = [m for m in enc.modules() if isinstance(m, Bypass)]
     assert len(bypasses) == 2 * 6 + 5  # bypass_mid + bypass per layer, out_combiner per downsampled stack
+    x, y = torch.randn(2, 32), torch.randn(2, 32)
+    for mode in ("train", "eval"):  # the value used is the raw scale in both modes (no forward clamp)
+        getattr(enc, mode)()
+        enc.set_batch_count(0)
+        assert all(torch.equal(m.effective_scale(), m.bypass_scale) for m in bypasses)
+    # in training the minimum (0.9 at batch 0, 0.55 at 10000, 0.2 from 20000) acts on the gradient:
+    # s = 0.5 below the minimum with a gradient that lowers it further gets that gradient reversed
+    b = bypasses[0]
     enc.train()
-    for n, expected in [(0, 0.9), (10000, 0.55), (20000, 0.5)]:  # raw scale 0.5 is clamped to [min, 1]
+    for n, reversed_ in [(0, True), (10000, True), (20000, False)]:
         enc.set_batch_count(n)
-        for m in bypasses:
-            torch.testing.assert_close(m.effective_scale(), torch.full_like(m.bypass_scale, expected))
+        b.zero_grad()
+        (b(x, y) * (y - x)).sum().backward()  # d/ds = sum (y - x)^2 > 0: descent would lower s
+        expected = ((y - x) ** 2).sum(0)
+        torch.testing.assert_close(b.bypass_scale.grad, -expected if reversed_ else expected)
     enc.eval()
-    enc.set_batch_count(0)
-    assert all(torch.equal(m.effective_scale(), m.bypass_scale) for m in bypasses)  # eval: raw scale
     x, y = torch.randn(2, 32), torch.randn(2, 32)
     torch.testing.assert_close(bypasses[0](x, y), x + (y - x) * 0.5)
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from asr_kd.bin.train import cli as train_cli
-from asr_kd.bin.train import main as train_main
+from asr_kd.bin.train import main as train_cli
+from asr_kd.bin.train import train as train_main
 from asr_kd.data.features import compute_online_fbank
 from asr_kd.decode import StreamingDecoder
 from asr_kd.models import (TransducerConfig, ZipformerConfig, build_transducer, preset_config, stack_states,
                            unstack_states)
 from asr_kd.models.conformer import EncoderConfig
-from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.models.checkpoint import load_checkpoint
 from test_decode_streaming import _wave, assert_interleaved_streams_decode_as_alone, simulated
 from test_train_resume import _assert_same_state
 from test_train_resume import corpus as _resume_corpus
@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
 def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
-        "--bpe-model", str(corpus["bpe"]), "--encoder", "zipformer", "--preset", "tiny", "--causal", "true",
+        "--bpe-model", str(corpus["bpe"]), "--encoder", "zipformer", "--model-size", "tiny", "--causal", "true",
         "--chunk-ms", "160,320", "--left-context-ms", "320,-1", "--num-epochs", str(epochs),
         "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "3",
         "--lr", "5e-3", "--warmup-batches", "2", "--warm-step", "4", "--log-interval", "2",
@@ -99,12 +99,12 @@ def _parse(*extra: str):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (("--preset", "full"), r"--preset full is not a zipformer size; --encoder zipformer takes "
+    (("--model-size", "full"), r"--model-size full is not a zipformer size; --encoder zipformer takes "
                            r"cpu\|large\|medium\|small\|tiny"),
-    (("--preset", "tiny", "--num-layers", "3"), "--num-layers is a Conformer option"),
-    (("--preset", "tiny", "--frontend-scale", "sqrt-d"), "--frontend-scale is a Conformer option"),
-    (("--preset", "tiny", "--causal", "true", "--chunk-ms", "160,240"), "--chunk-ms 240: .* multiples of 160 ms"),
-    (("--preset", "tiny", "--causal", "true", "--left-context-ms", "80"), "--left-context-ms 80: .* multiples of 160 ms"),
+    (("--model-size", "tiny", "--num-layers", "3"), "--num-layers is a Conformer option"),
+    (("--model-size", "tiny", "--frontend-scale", "sqrt-d"), "--frontend-scale is a Conformer option"),
+    (("--model-size", "tiny", "--causal", "true", "--chunk-ms", "160,240"), "--chunk-ms 240: .* multiples of 160 ms"),
+    (("--model-size", "tiny", "--causal", "true", "--left-context-ms", "80"), "--left-context-ms 80: .* multiples of 160 ms"),
 ])  # fmt: skip
 def test_refused_flags_give_one_line(extra, match) -> None:
     from asr_kd.train.run import build_model_config
@@ -115,20 +115,20 @@ def test_refused_flags_give_one_line(extra, match) -> None:
 
 
 def test_cli_refusal_is_one_stderr_line(corpus, tmp_path, capsys) -> None:
-    assert train_cli(_argv(corpus, tmp_path / "x", "--preset", "medium", "--encoder", "conformer")) == 1
+    assert train_cli(_argv(corpus, tmp_path / "x", "--model-size", "medium", "--encoder", "conformer")) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train: error:")]
-    assert lines == ["train: error: --preset medium is not a conformer size; --encoder conformer takes "
+    assert lines == ["train: error: --model-size medium is not a conformer size; --encoder conformer takes "
                      "full|large|small|tiny"]
 
 
 def test_flags_build_a_zipformer_student() -> None:
     from asr_kd.train.run import build_model_config
 
-    cfg = build_model_config(_parse("--preset", "tiny", "--causal", "true", "--chunk-ms", "160,320",
+    cfg = build_model_config(_parse("--model-size", "tiny", "--causal", "true", "--chunk-ms", "160,320",
                                     "--left-context-ms", "320,-1", "--dropout", "0.05"), 20)
     assert cfg.encoder_type == "zipformer" and cfg.encoder.dropout == 0.05
     assert (cfg.encoder.chunk_sizes, cfg.encoder.left_contexts, cfg.encoder.dynamic_chunk) == ((4, 8), (8, -1), True)
-    assert build_model_config(_parse("--preset", "small"), 20).encoder.causal is False
+    assert build_model_config(_parse("--model-size", "small"), 20).encoder.causal is False
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_export_refuses_a_chunk_the_stacks_cannot_split(reference_run, tmp_path,
     from asr_kd.bin.export_onnx import main as export_main
 
     argv = ["--checkpoint", str(reference_run / "epoch-1.pt"), "--out-dir", str(tmp_path), "--chunk-ms", "120"]
-    assert export_main(argv) == 1
+    assert export_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "--chunk-ms must be a multiple of 160 ms" in err and "\n" not in err
 
@@ -278,7 +278,7 @@ def test_export_refuses_a_chunk_the_stacks_cannot_split(reference_run, tmp_path,
 def _save_teacher(path: Path, corpus, encoder_type: str = "zipformer") -> Path:
     from asr_kd.data.features import feature_config_dict
     from asr_kd.data.tokenizer import Tokenizer, file_sha256
-    from asr_kd.train.checkpoint import CHECKPOINT_FORMAT
+    from asr_kd.models.checkpoint import CHECKPOINT_FORMAT
 
     torch.manual_seed(1)
     cfg = preset_config("tiny", "teacher", Tokenizer(corpus["bpe"]).vocab_size, encoder_type=encoder_type)

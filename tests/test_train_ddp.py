@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from asr_kd.train.checkpoint import load_checkpoint
+from asr_kd.models.checkpoint import load_checkpoint
 
 V = 12
 STEPS = 4
@@ -125,7 +125,7 @@ def test_torchrun_cli_two_ranks(small_corpus, tmp_path) -> None:
     exp = tmp_path / "exp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "asr_kd.bin.train", "--exp-dir", str(exp), "--cuts-train", str(cuts), "--cuts-valid", str(cuts),
-           "--bpe-model", str(bpe), "--preset", "tiny", "--num-epochs", "1", "--max-duration", "3",
+           "--bpe-model", str(bpe), "--model-size", "tiny", "--num-epochs", "1", "--max-duration", "3",
            "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "2", "--progress", "false",
            "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -38,7 +38,7 @@ def make_teacher_checkpoint(path: Path, bpe: Path, d_model: int = 64, feature_co
     from asr_kd.data.features import feature_config_dict
     from asr_kd.data.tokenizer import Tokenizer, file_sha256
     from asr_kd.models import build_transducer, preset_config
-    from asr_kd.train.checkpoint import CHECKPOINT_FORMAT
+    from asr_kd.models.checkpoint import CHECKPOINT_FORMAT
 
     torch.manual_seed(seed)
     tok = Tokenizer(bpe)
@@ -61,7 +61,7 @@ def teacher(corpus):
 def _argv(corpus, exp: Path, teacher: Path, *extra: str, epochs: int = 1) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
-        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true", "--chunk-ms", "160",
+        "--bpe-model", str(corpus["bpe"]), "--model-size", "tiny", "--causal", "true", "--chunk-ms", "160",
         "--left-context-ms", "-1", "--num-epochs", str(epochs), "--max-duration", "6", "--num-buckets", "2",
         "--num-workers", "0", "--save-every-n", "0", "--lr", "5e-3", "--warmup-batches", "2",
         "--warm-step", "4", "--log-interval", "1", "--progress", "false", "--seed", "3", "--avg", "1",
@@ -172,7 +172,7 @@ def test_teacher_frozen_and_not_saved(corpus, teacher) -> None:
 
 @pytest.fixture(scope="module")
 def stage1_run(corpus, teacher, tmp_path_factory):
-    from asr_kd.bin.train import main as train_main
+    from asr_kd.bin.train import train as train_main
 
     exp = tmp_path_factory.mktemp("kd_stage1")
     train_main(_argv(corpus, exp, teacher, "--kd-stage", "hidden"))
@@ -180,8 +180,8 @@ def stage1_run(corpus, teacher, tmp_path_factory):
 
 
 def test_stage1_then_stage2_cli(corpus, teacher, stage1_run, tmp_path, caplog) -> None:
-    from asr_kd.bin.train import main as train_main
-    from asr_kd.train.checkpoint import load_checkpoint
+    from asr_kd.bin.train import train as train_main
+    from asr_kd.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(stage1_run / "epoch-1.pt")
     t_keys = set(torch.load(teacher, weights_only=True)["model"])
@@ -300,8 +300,8 @@ def test_projection_when_dims_differ(corpus, tmp_path) -> None:
 
 def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, caplog) -> None:
     """Stage 1 (hidden KD, CTC head, a projection) -> stage 2 (output KD) via --continue-from."""
-    from asr_kd.bin.train import main as train_main
-    from asr_kd.train.checkpoint import load_checkpoint
+    from asr_kd.bin.train import train as train_main
+    from asr_kd.models.checkpoint import load_checkpoint
 
     s1 = tmp_path / "stage1"
     train_main(_argv(corpus, s1, teacher, "--kd-stage", "hidden", "--ctc-scale", "0.3", "--kd-projection", "true"))
@@ -334,7 +334,7 @@ def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, ca
     step2 = {n: int(c2["optimizer"]["state"][i]["step"]) for i, n in enumerate(c2["param_names"])}
     assert all(step2[n] > step1[n] for n in step2)  # Adam moments continued, not restarted
     # a causal checkpoint given as teacher is accepted with a warning; a damaged one is refused in one line
-    from asr_kd.train.checkpoint import CheckpointError
+    from asr_kd.models.checkpoint import CheckpointError
     from asr_kd.train.kd import load_teacher
 
     caplog.clear()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asr_kd.bin.train import main as train_main
-from asr_kd.train.checkpoint import load_checkpoint, load_model
+from asr_kd.bin.train import train as train_main
+from asr_kd.models.checkpoint import load_checkpoint, load_model
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def corpus(tmp_path_factory):
 def _argv(corpus, exp: Path, *extra: str, epochs: int = 2) -> list[str]:
     return [
         "--exp-dir", str(exp), "--cuts-train", str(corpus["train"]), "--cuts-valid", str(corpus["valid"]),
-        "--bpe-model", str(corpus["bpe"]), "--preset", "tiny", "--causal", "true",
+        "--bpe-model", str(corpus["bpe"]), "--model-size", "tiny", "--causal", "true",
         "--chunk-ms", "160,320", "--left-context-ms", "320,-1", "--num-epochs", str(epochs),
         "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--save-every-n", "3",
         "--lr", "5e-3", "--warmup-batches", "2", "--warm-step", "4", "--log-interval", "2",
@@ -188,7 +188,7 @@ def _sha(path: Path) -> str:
 
 
 def test_fresh_run_in_used_exp_dir_is_refused(corpus, reference_run, tmp_path, capsys) -> None:
-    from asr_kd.bin.train import cli
+    from asr_kd.bin.train import main as cli
     from asr_kd.train.expdir import ExpDirInUseError
 
     exp = tmp_path / "exp"
@@ -197,7 +197,7 @@ def test_fresh_run_in_used_exp_dir_is_refused(corpus, reference_run, tmp_path, c
     before = _sha(exp / "epoch-1.pt")
     with pytest.raises(ExpDirInUseError, match=r"already holds another training run \(epoch-1.pt\).*--resume.*--overwrite"):
         train_main(_argv(corpus, exp))
-    assert cli(_argv(corpus, exp)) == 1
+    assert cli(_argv(corpus, exp)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("train: error: --exp-dir") and "Traceback" not in "\n".join(err)
     assert sorted(p.name for p in exp.glob("*.pt")) == ["epoch-1.pt"] and _sha(exp / "epoch-1.pt") == before
@@ -249,7 +249,7 @@ def test_pruning_and_latest_only_see_their_own_run(tmp_path) -> None:
     (lambda b: b"hello, I am a text file\n", "not a PyTorch checkpoint"),
 ])
 def test_checkpoint_read_errors_name_file_and_reason(reference_run, tmp_path, damage, reason) -> None:
-    from asr_kd.train.checkpoint import CheckpointError
+    from asr_kd.models.checkpoint import CheckpointError
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(damage((reference_run / "epoch-1.pt").read_bytes()))
@@ -259,8 +259,8 @@ def test_checkpoint_read_errors_name_file_and_reason(reference_run, tmp_path, da
 
 
 def test_checkpoint_not_asr_kd_and_cli_init_from(corpus, tmp_path, capsys) -> None:
-    from asr_kd.bin.train import cli
-    from asr_kd.train.checkpoint import CheckpointError
+    from asr_kd.bin.train import main as cli
+    from asr_kd.models.checkpoint import CheckpointError
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
@@ -268,7 +268,7 @@ def test_checkpoint_not_asr_kd_and_cli_init_from(corpus, tmp_path, capsys) -> No
         load_checkpoint(foreign)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    assert cli(_argv(corpus, tmp_path / "exp", "--init-from", str(empty))) == 1
+    assert cli(_argv(corpus, tmp_path / "exp", "--init-from", str(empty))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"train: error: checkpoint {empty}: cannot be read: empty file (0 bytes)"
 

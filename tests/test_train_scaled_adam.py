@@ -252,7 +252,8 @@ def test_cli_selects_scaled_adam_and_turns_off_the_loop_clip() -> None:
 
 def test_trainer_checkpoint_and_carry_with_scaled_adam(tmp_path) -> None:
     from asr_kd.train.carry import carry_training_state
-    from asr_kd.train.checkpoint import atomic_torch_save, load_checkpoint
+    from asr_kd.atomic import atomic_torch_save
+    from asr_kd.models.checkpoint import load_checkpoint
     from asr_kd.train.distributed import DistInfo
     from asr_kd.train.trainer import Trainer, TrainerConfig
 
@@ -298,11 +299,11 @@ def test_cli_training_with_scaled_adam_resumes_exactly(tmp_path) -> None:
 
     from lhotse import NumpyFilesWriter
 
-    from asr_kd.bin.train import main as train_main
+    from asr_kd.bin.train import train as train_main
     from asr_kd.data.features import lhotse_fbank_extractor
     from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
     from asr_kd.data.tokenizer import train_bpe
-    from asr_kd.train.checkpoint import load_checkpoint
+    from asr_kd.models.checkpoint import load_checkpoint
 
     cuts = make_synthetic_cuts(tmp_path / "wav", num_cuts=10, max_words=4, seed=3)
     bpe = train_bpe(write_transcripts(cuts, tmp_path / "tr.txt"), tmp_path / "lang", vocab_size=20)
@@ -312,7 +313,7 @@ def test_cli_training_with_scaled_adam_resumes_exactly(tmp_path) -> None:
 
     def argv(exp, *extra):
         return ["--exp-dir", str(exp), "--cuts-train", str(tmp_path / "train.jsonl.gz"), "--bpe-model", str(bpe),
-                "--preset", "tiny", "--causal", "true", "--chunk-ms", "160,320", "--left-context-ms", "320,-1",
+                "--model-size", "tiny", "--causal", "true", "--chunk-ms", "160,320", "--left-context-ms", "320,-1",
                 "--num-epochs", "2", "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0",
                 "--save-every-n", "3", "--warmup-batches", "2", "--warm-step", "4", "--progress", "false",
                 "--tensorboard", "false", "--avg", "0", "--seed", "11",

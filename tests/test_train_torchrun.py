@@ -56,7 +56,7 @@ def _launch(tmp: Path, corpus, nproc: int, epochs: int, dump: Path) -> subproces
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_port()}", "--rdzv-id", "test",
            str(script), "--device", "cpu", "--exp-dir", str(tmp / "exp"), "--resume",
-           "--cuts-train", str(cuts), "--bpe-model", str(bpe), "--preset", "tiny", "--num-epochs", str(epochs),
+           "--cuts-train", str(cuts), "--bpe-model", str(bpe), "--model-size", "tiny", "--num-epochs", str(epochs),
            "--max-duration", "4", "--num-buckets", "2", "--num-workers", "0", "--progress", "false",
            "--avg", "1", "--seed", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK_DUMP_DIR=str(dump))

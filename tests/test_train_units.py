@@ -12,18 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from asr_kd.train import checkpoint as ckpt_mod
 from asr_kd.train.cli import build_parser, int_list, sanitize_args, str2bool
-from asr_kd.train.checkpoint import (
-    atomic_torch_save,
-    average_state_dicts,
-    epoch_checkpoints,
-    get_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    set_rng_state,
-)
+from asr_kd.atomic import atomic_torch_save
+from asr_kd.models.checkpoint import average_state_dicts, load_checkpoint, load_model
+from asr_kd.train.checkpoint import epoch_checkpoints, get_rng_state, latest_checkpoint, prune_checkpoints, set_rng_state
 from asr_kd.train.distributed import DistInfo
 from asr_kd.train.loss_computer import LossComputer
 from asr_kd.train.losses import TransducerLossConfig, loss_scales
@@ -212,7 +204,7 @@ def test_average_equals_manual_and_load_model(tmp_path) -> None:
     assert epoch_checkpoints(tmp_path, None, 2) == paths[1:]
     with pytest.raises(FileNotFoundError):
         epoch_checkpoints(tmp_path, 3, 4)
-    model = ckpt_mod.load_model(paths[1:], "cpu")
+    model = load_model(paths[1:], "cpu")
     assert not model.training
     sd = model.state_dict()
     for k in sd:
@@ -220,7 +212,8 @@ def test_average_equals_manual_and_load_model(tmp_path) -> None:
             assert torch.equal(sd[k], ((states[1][k].double() + states[2][k].double()) / 2).float())
     from asr_kd.bin.average import main as average_main
 
-    out = average_main(["--exp-dir", str(tmp_path), "--avg", "3", "--out", str(tmp_path / "avg.pt")])
+    out = tmp_path / "avg.pt"
+    assert average_main(["--exp-dir", str(tmp_path), "--avg", "3", "--out", str(out)]) == 0
     ck = load_checkpoint(out)
     assert ck["averaged_from"] == ["epoch-1.pt", "epoch-2.pt", "epoch-3.pt"]
     for k, v in avg.items():
@@ -396,7 +389,7 @@ def test_delay_penalty_reaches_both_losses_from_warm_step() -> None:
     assert before["simple_loss"] == pytest.approx(float(plain.simple_loss) / frames, rel=1e-5)
     assert after["simple_loss"] == pytest.approx(float(pen.simple_loss) / frames, rel=1e-5)
     assert after["pruned_loss"] == pytest.approx(float(pen.pruned_loss) / frames, rel=1e-5)
-    with pytest.raises(ValueError, match="delay_penalty"):
+    with pytest.raises(ValueError, match="--delay-penalty"):
         TransducerLossConfig(delay_penalty=-0.1)
 
 
@@ -450,7 +443,7 @@ def test_frontend_scale_flag_resolves_against_the_model_width() -> None:
     scale = lambda *extra: build_model_config(parse_settings(base + list(extra)).model, 60).encoder.frontend_scale  # noqa: E731
     assert scale() == 1.0
     assert scale("--frontend-scale", "sqrt-d") == pytest.approx(144 ** 0.5)  # small: d_model 144
-    assert scale("--frontend-scale", "sqrt-d", "--preset", "tiny", "--causal", "true") == pytest.approx(8.0)
+    assert scale("--frontend-scale", "sqrt-d", "--model-size", "tiny", "--causal", "true") == pytest.approx(8.0)
     assert scale("--frontend-scale", "2.5") == 2.5
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--frontend-scale", "0"])
@@ -461,7 +454,7 @@ def test_num_layers_flag_overrides_the_preset_depth() -> None:
     from asr_kd.train.cli import parse_settings
     from asr_kd.train.run import build_model_config
 
-    base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d", "--preset", "tiny"]
+    base = ["--cuts-train", "a", "--cuts-valid", "b", "--bpe-model", "c", "--exp-dir", "d", "--model-size", "tiny"]
     cfg = lambda *extra: build_model_config(parse_settings(base + list(extra)).model, 60)  # noqa: E731
     assert cfg().encoder.num_layers == 2  # the tiny preset's own depth
     deeper = cfg("--num-layers", "3")

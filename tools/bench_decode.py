@@ -2,7 +2,7 @@
 """Benchmark true streaming decoding: RTF at a given thread count, and the latency the
 streaming pipeline itself adds to the first token.
 
-    python tools/bench_decode.py                        # default student ("small" preset), random init
+    python tools/bench_decode.py                        # default student (model size "small"), random init
     python tools/bench_decode.py --checkpoint exp/student/epoch-30.pt --num-streams 1 8
 
 Measured (one process, ``torch.set_num_threads(--num-threads)``):
@@ -62,9 +62,9 @@ def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint:
-        from asr_kd.bin.decode import load_model
+        from asr_kd.models.checkpoint import load_model
 
-        return load_model([Path(p) for p in args.checkpoint], "cpu")
+        return load_model([Path(p) for p in args.checkpoint], "cpu")  # several: their average
     from asr_kd.models import build_transducer, preset_config
 
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def run_batch(dec: StreamingDecoder, audios: List[np.ndarray]) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small", help="student preset when no --checkpoint")
+    p.add_argument("--model-size", dest="preset", default="small", help="student model size when no --checkpoint (default: small)")
     p.add_argument("--vocab-size", type=int, default=500)
     p.add_argument("--checkpoint", nargs="+", default=None)
     p.add_argument("--chunk-ms", type=int, default=None, help="default: the model's chunk")

@@ -23,7 +23,7 @@ Parts (``--part``, repeatable; default: all that are available):
   (which also counts heap fragmentation) is reported next to it.
 
 - ``steps``: one training step (forward, loss, backward, AdamW) of the
-  ``--preset`` student on one synthetic batch: baseline (transducer loss
+  ``--model-size`` student on one synthetic batch: baseline (transducer loss
   only), stage 1 (+ hidden MSE, live teacher encoder) and stage 2 (+ KL over
   the pruned lattice with adaptive-power smoothing, live teacher), with the
   ratio to the baseline and a breakdown of the stage-2 extras (teacher
@@ -37,7 +37,7 @@ diagonal of the lattice (what a converged model's pruning gives).
 
 Example:
   python tools/bench_kd.py --threads 2 --json bench_kd.json
-  python tools/bench_kd.py --part steps --preset small --batch 4 --frames 150 --num-symbols 36
+  python tools/bench_kd.py --part steps --model-size small --batch 4 --frames 150 --num-symbols 36
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def bench_memory(args: argparse.Namespace) -> dict:
 def bench_steps(args: argparse.Namespace) -> dict:
     """Training step on one synthetic batch: baseline student, stage 1, stage 2 (+ breakdown).
 
-    Student (causal) and teacher (full context) of ``--preset`` with random
+    Student (causal) and teacher (full context) of ``--model-size`` with random
     weights; B = --batch utterances of --frames encoder frames (4 * frames + 3
     feature frames) and --num-symbols labels. A step is forward, loss,
     backward and an AdamW update. The stage-2 breakdown times the teacher
@@ -420,9 +420,9 @@ def bench_steps(args: argparse.Namespace) -> dict:
             teacher.encoder(feats, lens)
 
     def teacher_lattice() -> None:
-        kd._teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
+        kd.teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
 
-    t_dec, _, _ = kd._teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
+    t_dec, _, _ = kd.teacher_lattice(t_enc, s_out.symbols, s_out.boundary)
 
     def teacher_joiner() -> None:
         with torch.no_grad():
@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin-max", type=float, default=20.0)
     p.add_argument("--blank-share", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", default="small", choices=("tiny", "small", "full"), help="model preset of the steps part")
+    p.add_argument("--model-size", dest="preset", default="small", choices=("tiny", "small", "full"),
+                   help="Conformer model size of the steps part (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--memory-worker", choices=("pruned", "full"), default=None, help=argparse.SUPPRESS)
     return p

@@ -91,31 +91,27 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from lhotse import CutSet
 
-    from asr_kd.bin import export_onnx
     from asr_kd.data.tokenizer import Tokenizer
     from asr_kd.decode import StreamingDecoder
     from asr_kd.export import sherpa
     from asr_kd.export.metadata import read_metadata
     from asr_kd.metrics.wer import corpus_wer
-    from asr_kd.train.checkpoint import load_model
+    from asr_kd.export.checkpoint_export import export_checkpoint
+    from asr_kd.models.checkpoint import checkpoint_bpe_model, load_model
 
     torch.set_num_threads(args.num_threads)
     if not args.cuts.is_file():
         raise FileNotFoundError(f"--cuts {args.cuts}: file not found")
     if not (args.onnx_dir / "encoder.int8.onnx").is_file():
-        argv = ["--checkpoint", str(args.checkpoint), "--out-dir", str(args.onnx_dir), "--int8"]
-        for opt, val in (("--bpe-model", args.bpe_model), ("--chunk-ms", args.chunk_ms),
-                         ("--left-context-ms", args.left_context_ms)):
-            if val is not None:
-                argv += [opt, str(val)]
-        summary = export_onnx.run(export_onnx.get_parser().parse_args(argv))
+        summary = export_checkpoint(args.checkpoint, args.onnx_dir, bpe_model=args.bpe_model, chunk_ms=args.chunk_ms,
+                                    left_context_ms=args.left_context_ms, int8=True)
         if summary["kind"] != "streaming":
             raise ValueError(f"--checkpoint {args.checkpoint}: not a streaming student")
     meta = read_metadata(args.onnx_dir / "encoder.onnx")
     k, lc = int(meta["chunk_size_encoder_frames"]), int(meta["left_context_encoder_frames"])
     look_ahead_s = 0.01 * (int(meta["T"]) - int(meta["decode_chunk_len"]))  # feature frames beyond the chunk
     model = load_model(args.checkpoint)
-    tok = Tokenizer(args.bpe_model or export_onnx._bpe_from_checkpoint(args.checkpoint))
+    tok = Tokenizer(args.bpe_model or checkpoint_bpe_model(args.checkpoint))
 
     cuts = list(CutSet.from_file(args.cuts))[: args.max_cuts]
     tail_s = args.tail_silence_s if args.tail_silence_s is not None else 0.04 * k + look_ahead_s + 0.07

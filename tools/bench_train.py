@@ -4,13 +4,13 @@
 Times ``asr_kd.train.Trainer.train_step`` (forward, simple + pruned loss,
 backward, clipping, AdamW step) on synthetic batches of realistic length
 (default 8 utterances x 6 s = 600 feature frames, 30 tokens each, vocabulary
-500) for the preset's full-context teacher and chunk-wise student; median
+500) for the model size's full-context teacher and chunk-wise student; median
 over ``--steps`` steps after ``--warmup`` steps.  CPU runs use ``--threads``
 threads (default 2); CUDA runs (when available) use bf16 autocast unless
 ``--amp none``.
 
     python tools/bench_train.py                     # small teacher + student, CPU (2 threads) and CUDA
-    python tools/bench_train.py --preset tiny --devices cpu --steps 3
+    python tools/bench_train.py --model-size tiny --devices cpu --steps 3
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def bench(preset: str, role: str, device: torch.device, amp: str, batch: dict, v
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small", choices=("tiny", "small", "full"))
+    p.add_argument("--model-size", dest="preset", default="small", choices=("tiny", "small", "full"),
+                   help="Conformer model size (default: %(default)s)")
     p.add_argument("--roles", default="teacher,student")
     p.add_argument("--devices", default="cpu,cuda", help="comma list; cuda is skipped when unavailable")
     p.add_argument("--threads", type=int, default=2, help="torch threads for CPU runs")

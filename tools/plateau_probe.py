@@ -11,7 +11,7 @@ loss per encoder frame, dev greedy-CTC WER) every ``--eval-every`` minutes
 (evaluation time is excluded from the budget).  Two encoders of the same size:
 
 * ``conformer``: the package's :class:`asr_kd.models.ConformerEncoder`
-  (the ``--preset`` teacher configuration, full context);
+  (the ``--model-size`` teacher configuration, full context);
 * ``transformer``: a plain reference: the same Conv2d front end (with the same
   global feature normalisation) followed by ``torch.nn.TransformerEncoder``
   pre-norm layers with sinusoidal positions, so a slow start that both share
@@ -166,7 +166,7 @@ def main() -> None:
     p.add_argument("--bpe-model", required=True, help="sentencepiece model (required)")
     p.add_argument("--arch", choices=("conformer", "transformer"), default="conformer",
                    help="encoder under test (default conformer)")
-    p.add_argument("--preset", default="small", help="model size preset (default small)")
+    p.add_argument("--model-size", dest="preset", default="small", help="Conformer model size (default small)")
     p.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget (default 20)")
     p.add_argument("--eval-every", type=float, default=2.0, help="minutes between dev evaluations (default 2)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")

@@ -25,7 +25,7 @@ Medians over ``--profile-batches`` batches after ``--profile-warmup``.
 
     python tools/profile_step.py --cuts-train data/small/fbank/cuts_train.jsonl.gz \\
         --cuts-valid data/small/fbank/cuts_dev.jsonl.gz --bpe-model data/small/lang_bpe_256/bpe.model \\
-        --preset small --max-duration 40 --ctc-scale 0.3 --spec-augment false --threads 1
+        --model-size small --max-duration 40 --ctc-scale 0.3 --spec-augment false --threads 1
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     med = {p: statistics.median(v) for p, v in rows.items()}
     step = sum(med.values())
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"preset {args.preset}, causal={args.causal}, {n_params / 1e6:.2f} M parameters, {args.threads} thread(s), "
+    print(f"model size {args.preset}, causal={args.causal}, {n_params / 1e6:.2f} M parameters, {args.threads} thread(s), "
           f"median of {args.profile_batches} batches of {statistics.median(audio_s):.1f} s of audio "
           f"(--max-duration {args.max_duration})\n")
     print("| part | ms per batch | share |\n|---|---|---|")

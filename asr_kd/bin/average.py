@@ -10,18 +10,21 @@ or explicit files::
 
 Floating-point parameters and buffers are averaged element-wise (float64
 accumulation); integer buffers are taken from the last file.  The output has
-the model-only checkpoint format (``asr_kd.train.checkpoint``) and loads with
-``asr_kd.train.checkpoint.load_model``.
+the model file format (``asr_kd.models.checkpoint``) and loads with
+``asr_kd.models.checkpoint.load_model``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from asr_kd.train.checkpoint import epoch_checkpoints, save_averaged
+from asr_kd.bin._entry import run_tool
+from asr_kd.models.checkpoint import save_averaged
+from asr_kd.train.checkpoint import epoch_checkpoints
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,17 +37,21 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Path:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool; a user error is one line on stderr (``average: error: ...``) and exit status 2."""
+    return run_tool("average", _average, argv)
+
+
+def _average(argv: Optional[Sequence[str]]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = get_parser().parse_args(argv)
     if (args.checkpoints is None) == (args.exp_dir is None):
-        raise SystemExit("average.py: give exactly one of --exp-dir or --checkpoints")
+        raise ValueError("give exactly one of --exp-dir or --checkpoints")
     paths = [Path(p) for p in args.checkpoints] if args.checkpoints else epoch_checkpoints(
         args.exp_dir, args.epoch, args.avg)
     out = save_averaged(paths, args.out)
     logging.info("wrote %s (average of %s)", out, ", ".join(str(p) for p in paths))
-    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

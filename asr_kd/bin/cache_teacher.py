@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Optional, Sequence
 
 import torch
+
+from asr_kd.bin._entry import run_tool
 
 __all__ = ["get_parser", "main"]
 
@@ -45,7 +48,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool; a user error is one line on stderr (``cache_teacher: error: ...``) and exit status 2."""
+    return run_tool("cache_teacher", _cache_teacher, argv)
+
+
+def _cache_teacher(argv: Optional[Sequence[str]]) -> None:
     from asr_kd.data.tokenizer import file_sha256
     from asr_kd.distill.cache import write_teacher_cache
     from asr_kd.models.encoders import layer_unit
@@ -71,4 +79,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

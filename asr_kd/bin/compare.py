@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from asr_kd.bin._entry import run_tool
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr_kd.bin.compare", description=__doc__.split("\n")[0],
@@ -36,18 +38,20 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_parser().parse_args(argv)
-    from asr_kd.metrics.bootstrap import paired_bootstrap_from_recogs
-    from asr_kd.metrics.wer import atomic_write_text, read_recogs
+    """The tool; a user error is one line on stderr (``compare: error: ...``) and exit status 2."""
+    return run_tool("compare", _compare, argv)
 
-    try:
-        a = read_recogs(args.recogs_a)
-        b = read_recogs(args.recogs_b)
-        res = paired_bootstrap_from_recogs(a, b, num_samples=args.num_samples,
-                                           confidence=args.confidence, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"compare: error: {e}", file=sys.stderr)
-        return 1
+
+def _compare(argv: Optional[Sequence[str]]) -> int:
+    args = get_parser().parse_args(argv)
+    from asr_kd.atomic import atomic_write_text
+    from asr_kd.metrics.bootstrap import paired_bootstrap_from_recogs
+    from asr_kd.metrics.wer import read_recogs
+
+    a = read_recogs(args.recogs_a)
+    b = read_recogs(args.recogs_b)
+    res = paired_bootstrap_from_recogs(a, b, num_samples=args.num_samples,
+                                       confidence=args.confidence, seed=args.seed)
     print(res.summary(args.name_a, args.name_b))
     if args.json is not None:
         d = res.to_dict()

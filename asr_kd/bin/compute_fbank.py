@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from tqdm import tqdm
+
+from asr_kd.bin._entry import run_tool
 
 log = logging.getLogger("compute_fbank")
 
@@ -95,6 +98,8 @@ def compute_fbank(cuts_path: Path, out_cuts: Path, storage: Path, num_jobs: int 
     if storage_type not in _STORAGE_TYPES:
         raise ValueError(f"--storage-type must be one of {_STORAGE_TYPES}, got {storage_type!r}")
     _writer_type(storage_type)  # fail early if lilcom is missing
+    if not Path(cuts_path).is_file():
+        raise FileNotFoundError(f"--cuts {cuts_path}: file not found")
     cuts = CutSet.from_file(cuts_path).to_eager()
     for f in speed_perturb:
         if f <= 0:
@@ -164,7 +169,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool; a user error is one line on stderr (``compute_fbank: error: ...``) and exit status 2."""
+    return run_tool("compute_fbank", _compute_fbank, argv)
+
+
+def _compute_fbank(argv: Optional[Sequence[str]]) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     factors = [float(x) for x in args.speed_factors.split(",") if x.strip()]
@@ -173,4 +183,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

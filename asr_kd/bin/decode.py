@@ -23,16 +23,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from asr_kd.train.checkpoint import load_model as load_checkpoint_model
+from asr_kd.bin._entry import run_tool
+from asr_kd.models.checkpoint import checkpoint_bpe_model, load_model
+from asr_kd.models.units import FEATURE_MS, FRAME_MS, ms_to_frames
 
 log = logging.getLogger("asr_kd.decode")
 
-FRAME_MS = 40  # encoder frame
-FEATURE_MS = 10  # feature frame
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -116,15 +116,6 @@ def parse_ms_list(values: Optional[Sequence[str]]) -> Optional[List[int]]:
     return out
 
 
-def ms_to_frames(ms: int, what: str, allow_unlimited: bool = False) -> int:
-    if allow_unlimited and ms == -1:
-        return -1
-    if ms <= 0 or ms % FRAME_MS:
-        raise ValueError(f"{what} must be a positive multiple of {FRAME_MS} ms"
-                         f"{' or -1' if allow_unlimited else ''}, got {ms}")
-    return ms // FRAME_MS
-
-
 def checkpoint_paths(args: argparse.Namespace) -> List[Path]:
     if args.checkpoint and (args.exp_dir is not None or args.epoch is not None):
         raise ValueError("give either --checkpoint PATH [PATH ...] or --exp-dir D --epoch N [--avg K], not both")
@@ -149,21 +140,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(paths: Sequence[Path], device: str) -> torch.nn.Module:
-    """The model of one checkpoint, or the element-wise average of several, in eval mode."""
-    arg: Any = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
-    return load_checkpoint_model(arg, device).eval()
-
-
-def _bpe_from_checkpoint(path: Path) -> Optional[Path]:
-    try:  # mmap: do not read optimizer state etc. into memory just for one string
-        ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # legacy (non-zip) checkpoint format
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    bpe = ck.get("bpe_model") if isinstance(ck, dict) else None
-    return Path(bpe) if bpe else None
-
-
 def _manifest_name(path: Path) -> str:
     name = path.name
     for suf in (".gz", ".jsonl", ".json", ".yaml"):
@@ -184,14 +160,14 @@ def setting_name(method: str, beam: int, mode: str, chunk_ms: Optional[int],
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool: decode and score; a user error is one line on stderr and exit status 2."""
+    return run_tool("decode", _decode, argv)
+
+
+def _decode(argv: Optional[Sequence[str]]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        log.error("%s", e)
-        print(f"decode: error: {e}", file=sys.stderr)
-        return 1
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
         pass
     paths = checkpoint_paths(args)
     args.device = resolve_device(args.device)
-    model = load_model(paths, args.device)
-    bpe = args.bpe_model or _bpe_from_checkpoint(paths[-1])
+    model = load_model(paths, args.device)  # several paths: their average
+    bpe = args.bpe_model or checkpoint_bpe_model(paths[-1])
     if bpe is None:
         raise ValueError("no --bpe-model given and the checkpoint records none")
     tokenizer = Tokenizer(bpe)

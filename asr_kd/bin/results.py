@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from asr_kd.bin._entry import run_tool
+
 log = logging.getLogger("asr_kd.results")
 
 
@@ -101,30 +103,31 @@ def kd_section(exp_dir: Path, out_json: Path) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool; a user error is one line on stderr (``results: error: ...``) and exit status 2."""
+    return run_tool("results", _results, argv)
+
+
+def _results(argv: Optional[Sequence[str]]) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from asr_kd.metrics.results import read_results_json
     from asr_kd.metrics.summary import write_summary
 
-    try:
-        rows: List[dict] = read_results_json(args.results_json)
-        if not rows:
-            raise ValueError(f"{args.results_json} holds no rows")
-        boot = None
-        if args.bootstrap:
-            if args.exp_dir is None:
-                raise ValueError("--bootstrap needs --exp-dir")
-            boot = bootstrap_lines(args.exp_dir, args.bootstrap, args.test_sets, args.bootstrap_setting)
-        extra: List[str] = []
-        if args.exp_dir is not None:
-            extra = kd_section(args.exp_dir, args.kd_stats_json or args.out_md.with_name("kd_stats.json"))
-        elif args.kd_stats_json is not None:
-            raise ValueError("--kd-stats-json needs --exp-dir")
-        md, png = write_summary(rows, args.test_sets, args.out_md, args.out_png, header_lines=args.header,
-                                bootstrap=boot, extra_lines=extra)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"results: error: {e}", file=sys.stderr)
-        return 1
+    rows: List[dict] = read_results_json(args.results_json)
+    if not rows:
+        raise ValueError(f"{args.results_json} holds no rows")
+    boot = None
+    if args.bootstrap:
+        if args.exp_dir is None:
+            raise ValueError("--bootstrap needs --exp-dir")
+        boot = bootstrap_lines(args.exp_dir, args.bootstrap, args.test_sets, args.bootstrap_setting)
+    extra: List[str] = []
+    if args.exp_dir is not None:
+        extra = kd_section(args.exp_dir, args.kd_stats_json or args.out_md.with_name("kd_stats.json"))
+    elif args.kd_stats_json is not None:
+        raise ValueError("--kd-stats-json needs --exp-dir")
+    md, png = write_summary(rows, args.test_sets, args.out_md, args.out_png, header_lines=args.header,
+                            bootstrap=boot, extra_lines=extra)
     log.info("wrote %s and %s", md, png)
     return 0
 

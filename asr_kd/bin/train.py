@@ -3,7 +3,7 @@
 Single process (CPU or one GPU)::
 
     python -m asr_kd.bin.train --exp-dir exp/teacher --cuts-train data/train.jsonl.gz \\
-        --cuts-valid data/dev.jsonl.gz --bpe-model data/lang/bpe.model --preset small --causal false
+        --cuts-valid data/dev.jsonl.gz --bpe-model data/lang/bpe.model --model-size small --causal false
 
 Streaming student with dynamic chunk training (chunk sizes and left contexts in ms, multiples of 40)::
 
@@ -20,10 +20,10 @@ Resume after an interruption: the same command plus ``--resume``.  See
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Optional, Sequence
 
+from asr_kd.bin._entry import run_tool
 from asr_kd.train.cli import build_parser, settings_from_args
 
 
@@ -31,27 +31,18 @@ def get_parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def train(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse ``argv`` and run the training; user errors raise (``main`` turns them into one line)."""
     from asr_kd.train.run import run_training  # local: --help need not load the training run (data, lhotse)
 
     run_training(settings_from_args(get_parser().parse_args(argv)))
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``main`` for the command line: a user error (bad argument, unusable file or exp dir, full disk)
-    ends with ONE line ``train: error: ...`` on stderr and exit status 1 instead of a traceback."""
-    from asr_kd.atomic import DiskFullError
-    from asr_kd.train.checkpoint import CheckpointError
-    from asr_kd.train.expdir import ExpDirInUseError
-
-    try:
-        main(argv)
-    except (ValueError, FileNotFoundError, CheckpointError, ExpDirInUseError, DiskFullError) as e:
-        logging.getLogger("asr_kd.train").error("%s", e)
-        print(f"train: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool: a user error (bad argument, unusable file or exp dir, full disk) ends with ONE line
+    ``train: error: ...`` on stderr (also written to the run's log file) and exit status 2."""
+    return run_tool("train", train, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional, Sequence
 
+from asr_kd.bin._entry import run_tool
 from asr_kd.data.tokenizer import Tokenizer, train_bpe
 
 
@@ -32,7 +34,12 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The tool; a user error is one line on stderr (``train_bpe: error: ...``) and exit status 2."""
+    return run_tool("train_bpe", _train_bpe, argv)
+
+
+def _train_bpe(argv: Optional[Sequence[str]]) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = train_bpe(args.transcripts, args.out_dir, args.vocab_size,
@@ -44,4 +51,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

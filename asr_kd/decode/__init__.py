@@ -7,7 +7,7 @@ Public API::
                                token_times, DecodeSettings, decode_cuts)
 """
 from .align import forced_align
-from .offline import METHODS, MODES, encode, search
+from .utterance import METHODS, MODES, encode, search
 from .pipeline import DecodeSettings, UtteranceOutput, decode_cuts, forced_alignment_times, load_mono_audio
 from .search import (
     BeamState,

@@ -42,13 +42,18 @@ from asr_kd.metrics.latency import TimedWords, reference_word_spans, tokens_to_w
 from asr_kd.metrics.results import RtfMeter
 from asr_kd.models.encoders import default_chunk
 
-from .offline import MODES, encode, search
+from .utterance import MODES, encode, search
 from .streaming import StreamingDecoder, min_samples_for_output
 from .timing import token_times
 
-__all__ = ["DecodeSettings", "UtteranceOutput", "load_mono_audio", "decode_cuts", "bad_audio_note"]
+__all__ = ["DecodeSettings", "UtteranceOutput", "UnreadableAudioError", "load_mono_audio", "decode_cuts",
+           "bad_audio_note"]
 
 log = logging.getLogger(__name__)
+
+
+class UnreadableAudioError(RuntimeError):
+    """A cut's audio cannot be read or is unusable, with ``strict``; the message names the cut and file."""
 
 
 @dataclass
@@ -140,7 +145,7 @@ def _load_or_note(cut: Any, min_samples: int, strict: bool) -> tuple[np.ndarray,
     except (RuntimeError, ValueError) as e:
         msg = str(e) if str(e).startswith(f"cut {cut.id}") else f"cut {cut.id}: {e}"
         if strict:
-            raise RuntimeError(msg) from None
+            raise UnreadableAudioError(msg) from None
         log.warning("%s; empty hypothesis, counted in num_empty_by_bad_audio", msg)
         return np.zeros(0, dtype=np.float32), f"unreadable audio: {msg}"
     if note:

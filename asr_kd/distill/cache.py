@@ -43,12 +43,13 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from asr_kd.atomic import atomic_torch_save, atomic_write_bytes
+from asr_kd.types import PathLike
 
 __all__ = [
     "CACHE_FORMAT",
@@ -61,7 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-PathLike = Union[str, Path]
 _SHARD_RE = re.compile(r"^[A-Za-z0-9_.\-]+-\d{5}\.pt$")
 
 
@@ -136,7 +136,7 @@ def write_teacher_cache(
     from asr_kd.data.features import feature_config_dict, lhotse_fbank_extractor
 
     if shard_size < 1:
-        raise ValueError(f"cache.py: shard_size must be >= 1, got {shard_size}")
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     num_layers = len(teacher.encoder.layers)
@@ -144,7 +144,7 @@ def write_teacher_cache(
     stored = sorted({int(i) for i in layers if int(i) != last})
     bad = [i for i in stored if not 0 <= i < num_layers]
     if bad:
-        raise ValueError(f"cache.py: teacher layers {bad} out of range for a {num_layers}-layer encoder")
+        raise ValueError(f"--layers: teacher layers {bad} out of range for a {num_layers}-layer encoder")
     meta = {
         "format": CACHE_FORMAT,
         "teacher_checkpoint": str(Path(teacher_checkpoint).resolve()),
@@ -163,7 +163,7 @@ def write_teacher_cache(
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "teacher_checkpoint" and old.get(k) != v}
         if diff:
             raise ValueError(
-                f"cache.py: {meta_path} was written with other settings ({diff}, as (old, new)); "
+                f"teacher cache {meta_path} was written with other settings ({diff}, as (old, new)); "
                 "use a new --out-dir or delete the old cache"
             )
     else:
@@ -178,7 +178,7 @@ def write_teacher_cache(
         stem = _manifest_stem(manifest)
         for cut in cuts:
             if cut.id in seen:
-                raise ValueError(f"cache.py: cut id {cut.id!r} appears twice (in {manifest} or an earlier manifest)")
+                raise ValueError(f"--cuts: cut id {cut.id!r} appears twice (in {manifest} or an earlier manifest)")
             seen.add(cut.id)
         for k in range(0, len(cuts), shard_size):
             jobs.append((out_dir / "shards" / f"{stem}-{k // shard_size:05d}.pt", cuts[k : k + shard_size]))
@@ -192,7 +192,7 @@ def write_teacher_cache(
                 have = set(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
                 if have != set(ids):
                     raise ValueError(
-                        f"cache.py: existing shard {path} holds other cut ids than the manifest now gives "
+                        f"teacher cache shard {path} holds other cut ids than the manifest now gives "
                         "(the manifest changed?); use a new --out-dir"
                     )
                 bar.update(len(cuts))
@@ -232,7 +232,7 @@ def _write_index(out_dir: Path) -> Path:
             continue
         for cut_id in torch.load(path, map_location="cpu", weights_only=True, mmap=True):
             if cut_id in index:
-                raise ValueError(f"cache.py: cut {cut_id!r} is in both {index[cut_id]} and {path.name}")
+                raise ValueError(f"teacher cache {out_dir}: cut {cut_id!r} is in both {index[cut_id]} and {path.name}")
             index[cut_id] = path.name
     out = out_dir / "index.json"
     atomic_write_bytes(out, json.dumps(index, sort_keys=True).encode())
@@ -256,12 +256,12 @@ class TeacherCache:
         for p in (meta_path, index_path):
             if not p.is_file():
                 raise ValueError(
-                    f"cache.py: {p} is missing: {self.dir} is not a complete teacher cache "
+                    f"{p} is missing: {self.dir} is not a complete teacher cache "
                     "(run python -m asr_kd.bin.cache_teacher to finish it)"
                 )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         if self.meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"cache.py: {meta_path} has format {self.meta.get('format')}, expected {CACHE_FORMAT}")
+            raise ValueError(f"teacher cache {meta_path} has format {self.meta.get('format')}, expected {CACHE_FORMAT}")
         self.index: dict[str, str] = json.loads(index_path.read_text())
         self._shards: dict[str, dict[str, Any]] = {}
 
@@ -277,7 +277,7 @@ class TeacherCache:
 
         if self.meta.get("teacher_sha256") != teacher_sha256:
             raise ValueError(
-                f"cache.py: teacher cache {self.dir} was computed with {self.meta.get('teacher_checkpoint')} "
+                f"teacher cache {self.dir} was computed with {self.meta.get('teacher_checkpoint')} "
                 f"(sha256 {self.meta.get('teacher_sha256')}), not with --teacher-checkpoint {teacher_checkpoint} "
                 f"(sha256 {teacher_sha256}); recompute the cache"
             )
@@ -285,13 +285,13 @@ class TeacherCache:
         missing = sorted({int(i) for i in layers if int(i) != last} - set(self.layers))
         if missing:
             raise ValueError(
-                f"cache.py: teacher cache {self.dir} stores layers {self.layers} (+ the encoder output), "
+                f"teacher cache {self.dir} stores layers {self.layers} (+ the encoder output), "
                 f"but --kd-hidden-layers needs teacher layers {missing}; recompute with --layers"
             )
         check_feature_config(self.meta["feature_config"], feature_config, f"teacher cache {self.dir}")
         if on_the_fly_feats is not None and bool(self.meta.get("on_the_fly_feats")) != bool(on_the_fly_feats):
             raise ValueError(
-                f"cache.py: teacher cache {self.dir} was computed with on_the_fly_feats="
+                f"teacher cache {self.dir} was computed with on_the_fly_feats="
                 f"{self.meta.get('on_the_fly_feats')}, training uses --on-the-fly-feats {on_the_fly_feats}"
             )
 
@@ -305,7 +305,7 @@ class TeacherCache:
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:
-                raise ValueError(f"cache.py: cannot read teacher cache shard {path}: {e}") from e
+                raise ValueError(f"cannot read teacher cache shard {path}: {e}") from e
             self._shards[name] = shard
         return shard
 
@@ -314,14 +314,15 @@ class TeacherCache:
         name = self.index.get(cut_id)
         if name is None:
             raise MissingCutError(
-                f"cache.py: cut {cut_id!r} is not in the teacher cache {self.dir} "
+                f"cut {cut_id!r} is not in the teacher cache {self.dir} "
                 f"({len(self.index)} cuts); cache every manifest used for training "
                 "(speed-perturbed copies have new ids and cannot be cached)"
             )
         try:
             return self._shard(name)[cut_id]
         except KeyError:
-            raise ValueError(f"cache.py: index.json maps cut {cut_id!r} to {name}, which does not hold it") from None
+            raise ValueError(f"teacher cache {self.dir}: index.json maps cut {cut_id!r} to {name}, "
+                             "which does not hold it") from None
 
     def batch(
         self, cut_ids: Sequence[str], lens: Tensor, layers: Sequence[int], device: torch.device,
@@ -351,16 +352,16 @@ class TeacherCache:
             for k, key in enumerate(keys):
                 x = entry.get(key)
                 if x is None:
-                    raise ValueError(f"cache.py: cut {cut_id!r} in {self.dir} has no {key!r}")
+                    raise ValueError(f"teacher cache {self.dir}: cut {cut_id!r} has no {key!r}")
                 out = outs[k]
                 if out is None:
                     out = outs[k] = torch.zeros(len(cut_ids), frames, x.shape[1], dtype=dtype)
                 elif x.shape[1] != out.shape[2]:
-                    raise ValueError(f"cache.py: cut {cut_id!r} in {self.dir}: {key!r} is {x.shape[1]} wide, "
+                    raise ValueError(f"teacher cache {self.dir}: cut {cut_id!r}: {key!r} is {x.shape[1]} wide, "
                                      f"{cut_ids[0]!r}'s is {out.shape[2]}")
                 if x.shape[0] != lens_list[b]:
                     raise ValueError(
-                        f"cache.py: cut {cut_id!r}: the teacher cache has {x.shape[0]} encoder frames but the "
+                        f"cut {cut_id!r}: the teacher cache {self.dir} has {x.shape[0]} encoder frames but the "
                         f"batch gives {lens_list[b]}; the cut's features changed since the cache was made "
                         "(speed perturbation, another feature source?)"
                     )

@@ -22,12 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Union
 
+from asr_kd.types import PathLike
+
 __all__ = ["add_metadata", "read_metadata", "save_single_file", "write_tokens", "UNK_SYMBOL"]
 
 #: how tokens.txt names the sentencepiece unknown piece (see the module docstring)
 UNK_SYMBOL = "\u2047"
 
-PathLike = Union[str, Path]
 _PROTOBUF_LIMIT = 2 ** 31 - 1
 
 
@@ -37,7 +38,7 @@ def save_single_file(model, path: PathLike) -> None:
 
     size = model.ByteSize()
     if size > _PROTOBUF_LIMIT:
-        raise ValueError(f"metadata.py: {path}: model of {size} bytes exceeds the 2 GiB single-file limit")
+        raise ValueError(f"ONNX model {path}: {size} bytes exceed the 2 GiB single-file limit")
     onnx.save(model, str(path), save_as_external_data=False)
 
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from asr_kd.export.metadata import add_metadata
 from asr_kd.models.attention import RotaryMultiheadAttention
+from asr_kd.types import PathLike
 
 __all__ = [
     "OPSET",
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 OPSET = 17
-PathLike = Union[str, Path]
 
 
 def check_blank(model: nn.Module) -> None:

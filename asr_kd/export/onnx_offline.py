@@ -37,10 +37,9 @@ from asr_kd.export.onnx_common import check_blank, export_decoder_joiner, export
 from asr_kd.export.onnx_zipformer import offline_metadata as zipformer_offline_metadata
 from asr_kd.models.encoders import AnyEncoderConfig
 from asr_kd.models.zipformer import ZipformerConfig
+from asr_kd.types import PathLike
 
 __all__ = ["OnnxOfflineEncoder", "offline_metadata", "export_offline"]
-
-PathLike = Union[str, Path]
 
 
 class OnnxOfflineEncoder(nn.Module):

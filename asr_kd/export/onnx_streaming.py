@@ -48,10 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from asr_kd.export.onnx_common import check_blank, export_decoder_joiner, export_graph, float32_trig
+from asr_kd.types import PathLike
 
 __all__ = ["OnnxStreamingEncoder", "streaming_metadata", "export_streaming"]
-
-PathLike = Union[str, Path]
 
 
 class OnnxStreamingEncoder(nn.Module):

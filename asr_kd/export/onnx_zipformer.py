@@ -93,6 +93,7 @@ from torch import Tensor, nn
 from asr_kd.export.onnx_common import check_blank, export_decoder_joiner, export_graph
 from asr_kd.models.zipformer import ZipformerConfig, ZipformerEncoder
 from asr_kd.models.zipformer.layer import LAYER_CACHE_NAMES
+from asr_kd.types import PathLike
 
 __all__ = [
     "OnnxZipformerStreamingEncoder",
@@ -105,7 +106,6 @@ __all__ = [
     "export_zipformer_streaming",
 ]
 
-PathLike = Union[str, Path]
 
 #: caches whose batch axis is 1 in sherpa-onnx's layout (the rest have it at 0)
 _ATTENTION_CACHES = ("key", "nonlin_attn", "val1", "val2")

@@ -28,13 +28,12 @@ chunk, 1 thread), still faster than fp32.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+
 
 from asr_kd.export.metadata import add_metadata, read_metadata
+from asr_kd.types import PathLike
 
 __all__ = ["int8_path", "quantize_int8"]
-
-PathLike = Union[str, Path]
 
 
 def int8_path(path: PathLike) -> Path:
@@ -49,7 +48,7 @@ def quantize_int8(path: PathLike) -> Path:
 
     src = Path(path)
     if not src.is_file():
-        raise FileNotFoundError(f"quantize.py: {src} does not exist")
+        raise FileNotFoundError(f"ONNX model {src} does not exist")
     dst = int8_path(src)
     # QUInt8, not QInt8: see the module docstring (saturation of U8S8 on AVX2 CPUs)
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QUInt8)

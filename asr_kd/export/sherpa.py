@@ -14,14 +14,15 @@ blank).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
+
+from asr_kd.types import PathLike
 
 __all__ = ["model_files", "online_recognizer", "offline_recognizer", "decode_online", "decode_offline",
            "read_token_ids"]
 
-PathLike = Union[str, Path]
 SAMPLE_RATE = 16000
 
 

@@ -32,9 +32,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from asr_kd.atomic import atomic_write_text
+from asr_kd.types import PathLike
 
 __all__ = [
     "STATS_FILE", "STATS_FORMAT", "ENGAGE_THRESHOLD_NATS", "KD_KEYS", "KDRunSummary", "update_train_stats",
@@ -53,8 +54,6 @@ KD_KEYS = ("kd_output_loss", "kd_teacher_entropy", "kd_teacher_entropy_smoothed"
            "kd_alpha_min_share", "kd_smoothed_share", "kd_coverage")
 _ARG_KEYS = ("teacher_checkpoint", "init_from", "continue_from", "num_epochs", "seed", "preset", "causal")
 _OUTPUT_STAGES = ("output", "joint")
-
-PathLike = Union[str, Path]
 
 
 def _finite(x: Any) -> Optional[float]:
@@ -131,7 +130,7 @@ def _stats_from_checkpoints(exp_dir: Path, stages: Optional[Sequence[str]] = Non
     files = [p for p in exp_dir.glob("epoch-*.pt") if re.fullmatch(r"epoch-\d+\.pt", p.name)]
     if not files:
         return None
-    from asr_kd.train.checkpoint import peek_checkpoint  # torch: only for runs without train_stats.json
+    from asr_kd.models.checkpoint import peek_checkpoint  # torch: only for runs without train_stats.json
 
     data: Dict[str, Any] = {"format": STATS_FORMAT, "epochs": {}, "source": "checkpoints"}
     for p in sorted(files, key=lambda p: int(p.stem.split("-")[1])):

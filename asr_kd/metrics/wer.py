@@ -23,11 +23,12 @@ import ast
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import kaldialign
 
 from asr_kd.atomic import atomic_write_text
+from asr_kd.types import PathLike
 
 __all__ = [
     "EPS",
@@ -45,8 +46,6 @@ __all__ = [
 #: The gap symbol in alignments (cannot be a word: words never contain '*'
 #: alone after whitespace splitting of normal transcripts; checked anyway).
 EPS = "*"
-
-PathLike = Union[str, Path]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ Public API::
                                TransducerConfig, Transducer, TransducerOutput, build_transducer,
                                chunk_attention_mask, PRESETS, preset_config, zipformer_preset_config,
                                stack_states, unstack_states)
+
+Model files (read, peek, average, ``load_model``, the recorded BPE model) are in
+``asr_kd.models.checkpoint``; time units (40 ms encoder frames) in ``asr_kd.models.units``.
 """
 
 from asr_kd.models.attention import chunk_attention_mask

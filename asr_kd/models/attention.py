@@ -66,7 +66,7 @@ def chunk_attention_mask(
       (T, T) bool tensor, ``mask[q, s]`` = query q may attend key s.
     """
     if left_context < -1:
-        raise ValueError(f"attention.py: left_context must be >= -1, got {left_context}")
+        raise ValueError(f"chunk attention mask: left_context must be >= -1, got {left_context}")
     if chunk_size <= 0:
         return torch.ones(num_frames, num_frames, dtype=torch.bool, device=device)
     t = torch.arange(num_frames, device=device)
@@ -145,10 +145,12 @@ class RotaryMultiheadAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, rotary_base: float = 10000.0) -> None:
         super().__init__()
         if d_model % num_heads != 0:
-            raise ValueError(f"attention.py: d_model={d_model} is not divisible by num_heads={num_heads}")
+            raise ValueError(f"Conformer config: d_model={d_model} is not divisible by num_heads={num_heads}")
         head_dim = d_model // num_heads
         if head_dim % 2 != 0:
-            raise ValueError(f"attention.py: rotary embeddings need an even head dim, got {head_dim}")
+            raise ValueError(
+                f"Conformer config: rotary embeddings need an even head dim (d_model / num_heads), got {head_dim}"
+            )
         self.d_model = d_model
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -198,7 +200,7 @@ class RotaryMultiheadAttention(nn.Module):
         new_keys, new_values = self._merge(k), v
         if cached_keys is not None and cached_keys.size(1) > 0:
             if cached_values is None:
-                raise ValueError("attention.py: cached_keys given without cached_values")
+                raise ValueError("Conformer self-attention: cached_keys given without cached_values")
             k = torch.cat((self._split(cached_keys), k), dim=2)
             v = torch.cat((cached_values, v), dim=1)
         v = self._split(v)

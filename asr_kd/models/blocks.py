@@ -60,7 +60,7 @@ class ConvModule(nn.Module):
         super().__init__()
         if kernel_size < 1 or (not causal and kernel_size % 2 == 0):
             raise ValueError(
-                f"blocks.py: conv kernel must be >= 1 (and odd when not causal), got {kernel_size}"
+                f"Conformer config: conv_kernel must be >= 1 (and odd when not causal), got {kernel_size}"
             )
         self.causal = causal
         self.kernel_size = kernel_size
@@ -96,13 +96,16 @@ class ConvModule(nn.Module):
                 cache = h.new_zeros(h.size(0), h.size(1), pad)
             elif cache.shape != (h.size(0), h.size(1), pad):
                 raise ValueError(
-                    f"blocks.py: conv cache must be {(h.size(0), h.size(1), pad)}, got {tuple(cache.shape)}"
+                    f"Conformer streaming state: conv cache must be {(h.size(0), h.size(1), pad)}, "
+                    f"got {tuple(cache.shape)}"
                 )
             h = torch.cat((cache, h), dim=2)
             new_cache = h[:, :, h.size(2) - pad :]
         else:
             if cache is not None:
-                raise RuntimeError("blocks.py: a non-causal convolution module cannot stream")
+                raise RuntimeError(
+                    "Conformer config: causal=False, so the convolution module cannot stream (got a conv cache)"
+                )
             h = F.pad(h, (pad // 2, pad // 2))
             new_cache = h.new_zeros(h.size(0), h.size(1), 0)
         h = self.depthwise(h).transpose(1, 2)  # (B, T, D)

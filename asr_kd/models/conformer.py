@@ -109,12 +109,12 @@ class EncoderConfig:
         self.chunk_sizes = tuple(int(c) for c in self.chunk_sizes)
         self.left_contexts = tuple(int(c) for c in self.left_contexts)
         if any(c < -1 for c in self.chunk_sizes):
-            raise ValueError(f"conformer.py: chunk_sizes must be >= -1, got {self.chunk_sizes}")
+            raise ValueError(f"Conformer config: chunk_sizes must be >= -1, got {self.chunk_sizes}")
         if any(c < -1 for c in self.left_contexts):
-            raise ValueError(f"conformer.py: left_contexts must be >= -1, got {self.left_contexts}")
+            raise ValueError(f"Conformer config: left_contexts must be >= -1, got {self.left_contexts}")
         if self.d_model % self.num_heads != 0 or (self.d_model // self.num_heads) % 2 != 0:
             raise ValueError(
-                f"conformer.py: d_model={self.d_model} / num_heads={self.num_heads} must be an even integer"
+                f"Conformer config: d_model={self.d_model} / num_heads={self.num_heads} must be an even integer"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class EncoderConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"conformer.py: unknown EncoderConfig keys {sorted(unknown)}")
+            raise ValueError(f"Conformer config: unknown EncoderConfig keys {sorted(unknown)}")
         return cls(**d)
 
 
@@ -222,17 +222,18 @@ class ConformerEncoder(nn.Module):
         """
         if feature_lens.dim() != 1 or feature_lens.size(0) != features.size(0):
             raise ValueError(
-                f"conformer.py: feature_lens must be (B,)={features.size(0)}, got {tuple(feature_lens.shape)}"
+                f"Conformer encoder: feature_lens must be (B,)={features.size(0)}, got {tuple(feature_lens.shape)}"
             )
         if int(feature_lens.max()) > features.size(1):
             raise ValueError(
-                f"conformer.py: feature_lens max {int(feature_lens.max())} exceeds padded length {features.size(1)}"
+                f"Conformer encoder: feature_lens max {int(feature_lens.max())} exceeds padded length "
+                f"{features.size(1)}"
             )
         n = len(self.layers)
         wanted = []
         for i in return_layers:
             if not -n <= i < n:
-                raise ValueError(f"conformer.py: return_layers index {i} out of range for {n} layers")
+                raise ValueError(f"Conformer encoder: return_layers index {i} out of range for {n} layers")
             wanted.append(i % n)
 
         x = self.subsampling(features)
@@ -261,7 +262,7 @@ class ConformerEncoder(nn.Module):
     ) -> EncoderState:
         """Zero streaming state for ``batch_size`` new streams (format: module docstring)."""
         if left_context < -1:
-            raise ValueError(f"conformer.py: left_context must be >= -1, got {left_context}")
+            raise ValueError(f"Conformer encoder: left_context must be >= -1, got {left_context}")
         dtype = dtype or torch.get_default_dtype()
         cfg = self.cfg
         c = max(left_context, 0)
@@ -303,9 +304,9 @@ class ConformerEncoder(nn.Module):
           new_states: the updated state (inputs are not modified).
         """
         if not self.cfg.causal:
-            raise RuntimeError("conformer.py: streaming_forward needs a causal encoder (causal=True)")
+            raise RuntimeError("Conformer encoder: streaming needs a causal encoder (Conformer config causal=True)")
         if chunk_size <= 0:
-            raise ValueError(f"conformer.py: streaming chunk_size must be > 0, got {chunk_size}")
+            raise ValueError(f"Conformer encoder: streaming chunk_size must be > 0, got {chunk_size}")
         offset = states["offset"]
         b, n_in, _ = chunk_features.shape
         if n_in == self.chunk_input_frames(chunk_size):
@@ -313,20 +314,20 @@ class ConformerEncoder(nn.Module):
         elif n_in == self.chunk_shift_frames(chunk_size):
             if bool((offset == 0).any()):
                 raise ValueError(
-                    f"conformer.py: a stream's first chunk needs {self.chunk_input_frames(chunk_size)} "
+                    f"Conformer encoder: a stream's first chunk needs {self.chunk_input_frames(chunk_size)} "
                     f"feature frames, got {n_in}"
                 )
             window = torch.cat((states["frontend"].to(chunk_features.dtype), chunk_features), dim=1)
         else:
             raise ValueError(
-                f"conformer.py: chunk of K={chunk_size} needs {self.chunk_input_frames(chunk_size)} "
+                f"Conformer encoder: chunk of K={chunk_size} needs {self.chunk_input_frames(chunk_size)} "
                 f"(or {self.chunk_shift_frames(chunk_size)} new) feature frames, got {n_in}"
             )
         keys, values, conv = states["keys"], states["values"], states["conv"]
         cache = keys.size(2)
         if left_context >= 0 and cache != left_context:
             raise ValueError(
-                f"conformer.py: state holds {cache} left-context frames but left_context={left_context}"
+                f"Conformer streaming state: holds {cache} left-context frames but left_context={left_context}"
             )
         x = self.subsampling(window)  # (B, K, D)
         device = x.device

@@ -17,7 +17,6 @@ what greedy and beam search use.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -30,9 +29,9 @@ class Decoder(nn.Module):
     def __init__(self, vocab_size: int, decoder_dim: int, blank_id: int = 0, context_size: int = 2) -> None:
         super().__init__()
         if context_size < 1:
-            raise ValueError(f"decoder.py: context_size must be >= 1, got {context_size}")
+            raise ValueError(f"TransducerConfig: context_size must be >= 1, got {context_size}")
         if not 0 <= blank_id < vocab_size:
-            raise ValueError(f"decoder.py: blank_id {blank_id} outside vocabulary of size {vocab_size}")
+            raise ValueError(f"TransducerConfig: blank_id {blank_id} outside vocabulary of size {vocab_size}")
         self.vocab_size = vocab_size
         self.decoder_dim = decoder_dim
         self.blank_id = blank_id
@@ -57,10 +56,11 @@ class Decoder(nn.Module):
           (N, U, decoder_dim) with need_pad, else (N, 1, decoder_dim).
         """
         if y.dim() != 2:
-            raise ValueError(f"decoder.py: y must be (N, U), got {tuple(y.shape)}")
+            raise ValueError(f"transducer decoder: input y must be (N, U), got {tuple(y.shape)}")
         if not need_pad and y.size(1) != self.context_size:
             raise ValueError(
-                f"decoder.py: need_pad=False expects (N, {self.context_size}) tokens, got {tuple(y.shape)}"
+                f"transducer decoder: need_pad=False expects (N, {self.context_size}) tokens (context_size), "
+                f"got {tuple(y.shape)}"
             )
         e = self.embedding(y)  # (N, U, D)
         if self.context_conv is None:

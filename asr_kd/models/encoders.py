@@ -46,7 +46,7 @@ _ENCODERS: dict[type, type] = {EncoderConfig: ConformerEncoder, ZipformerConfig:
 def encoder_config_class(encoder_type: str) -> type:
     """``EncoderConfig`` for "conformer", ``ZipformerConfig`` for "zipformer"; ValueError otherwise."""
     if encoder_type not in _CONFIGS:
-        raise ValueError(f"encoders.py: unknown encoder_type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
+        raise ValueError(f"model config: unknown encoder_type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
     return _CONFIGS[encoder_type]
 
 
@@ -55,7 +55,7 @@ def encoder_type_of(cfg: AnyEncoderConfig) -> str:
     for name, cls in _CONFIGS.items():
         if isinstance(cfg, cls):
             return name
-    raise TypeError(f"encoders.py: not an encoder config: {type(cfg).__name__}")
+    raise TypeError(f"model config: encoder must be an EncoderConfig or a ZipformerConfig, got {type(cfg).__name__}")
 
 
 def build_encoder(cfg: AnyEncoderConfig) -> nn.Module:
@@ -101,5 +101,5 @@ def min_input_frames(encoder: nn.Module) -> int:
     while int(encoder.output_lengths(torch.tensor([frames]))[0]) < 1:
         frames += 1
         if frames > 10_000:
-            raise RuntimeError("encoders.py: output_lengths never reaches 1 encoder frame")
+            raise RuntimeError(f"{type(encoder).__name__}: output_lengths never reaches 1 encoder frame")
     return frames

@@ -99,13 +99,13 @@ ZIPFORMER_DECODER_DIMS: dict[str, dict[str, int]] = {
 def preset_names(encoder_type: str = "conformer") -> list[str]:
     """The preset names of an encoder type, sorted."""
     if encoder_type not in ENCODER_TYPES:
-        raise ValueError(f"presets.py: unknown encoder type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
+        raise ValueError(f"--encoder {encoder_type!r} is unknown; choose from {list(ENCODER_TYPES)}")
     return sorted(PRESETS if encoder_type == "conformer" else ZIPFORMER_SIZES)
 
 
 def _check_role(role: str) -> None:
     if role not in ("teacher", "student"):
-        raise ValueError(f"presets.py: role must be 'teacher' or 'student', got {role!r}")
+        raise ValueError(f"model preset role must be 'teacher' or 'student', got {role!r}")
 
 
 def zipformer_preset_config(size: str, role: str, vocab_size: int, **encoder_overrides: Any) -> TransducerConfig:
@@ -115,7 +115,7 @@ def zipformer_preset_config(size: str, role: str, vocab_size: int, **encoder_ove
     (module docstring).  ``encoder_overrides`` replace ZipformerConfig fields.
     """
     if size not in ZIPFORMER_SIZES:
-        raise ValueError(f"presets.py: unknown zipformer size {size!r}; choose from {preset_names('zipformer')}")
+        raise ValueError(f"--model-size: unknown zipformer size {size!r}; choose from {preset_names('zipformer')}")
     _check_role(role)
     kwargs: dict[str, Any] = dict(dropout=0.1, causal=role == "student", dynamic_chunk=False)
     if role == "student":
@@ -137,9 +137,9 @@ def preset_config(name: str, role: str, vocab_size: int, encoder_type: str = "co
     if encoder_type == "zipformer":
         return zipformer_preset_config(name, role, vocab_size, **encoder_overrides)
     if encoder_type != "conformer":
-        raise ValueError(f"presets.py: unknown encoder type {encoder_type!r}; choose from {list(ENCODER_TYPES)}")
+        raise ValueError(f"--encoder {encoder_type!r} is unknown; choose from {list(ENCODER_TYPES)}")
     if name not in PRESETS:
-        raise ValueError(f"presets.py: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"--model-size: unknown Conformer size {name!r}; choose from {sorted(PRESETS)}")
     _check_role(role)
     kwargs = dict(PRESETS[name][0 if role == "teacher" else 1])
     kwargs.update(encoder_overrides)

@@ -41,11 +41,12 @@ def stack_states(states: list[EncoderState]) -> EncoderState:
     The Conformer's ``keys``/``values`` (B, N, C, D) are left-padded to the longest C.
     """
     if not states:
-        raise ValueError("states.py: nothing to stack")
+        raise ValueError("cannot stack streaming states: none given")
     names = list(states[0])
     for i, s in enumerate(states[1:], start=1):
         if set(s) != set(names):
-            raise ValueError(f"states.py: state {i} has keys {sorted(s)}, state 0 has {sorted(names)}")
+            raise ValueError(f"cannot stack streaming states: state {i} has keys {sorted(s)}, "
+                             f"state 0 has {sorted(names)}")
     out: EncoderState = {}
     for k in names:
         parts = [s[k] for s in states]
@@ -55,7 +56,7 @@ def stack_states(states: list[EncoderState]) -> EncoderState:
         else:
             shapes = {tuple(p.shape[1:]) for p in parts}
             if len(shapes) > 1:
-                raise ValueError(f"states.py: state tensor {k!r} has different shapes across streams: "
-                                 f"{sorted(shapes)} (beyond the batch axis)")
+                raise ValueError(f"cannot stack streaming states: state tensor {k!r} has different shapes "
+                                 f"across streams: {sorted(shapes)} (beyond the batch axis)")
         out[k] = torch.cat(parts, dim=0)
     return out

@@ -85,10 +85,12 @@ class Conv2dSubsampling(nn.Module):
                  output_scale: float = 1.0) -> None:
         super().__init__()
         if not output_scale > 0:
-            raise ValueError(f"subsampling.py: output_scale must be > 0, got {output_scale}")
+            raise ValueError(
+                f"Conformer config: frontend_scale (the front end's output_scale) must be > 0, got {output_scale}"
+            )
         self.output_scale = float(output_scale)
         if num_features < 7:
-            raise ValueError(f"subsampling.py: need num_features >= 7, got {num_features}")
+            raise ValueError(f"Conformer config: num_features must be >= 7, got {num_features}")
         self.num_features = num_features
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, stride=2),
@@ -103,7 +105,7 @@ class Conv2dSubsampling(nn.Module):
 
     def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
         """Set the per-bin normalisation: mean (F,), std (F,) > 0 (floored at 1e-3)."""
-        copy_feature_stats(self, mean, std, "subsampling.py")
+        copy_feature_stats(self, mean, std, "Conformer front end")
 
     @staticmethod
     def output_lengths(feature_lens: Tensor) -> Tensor:
@@ -114,11 +116,12 @@ class Conv2dSubsampling(nn.Module):
         """(B, T, F) features -> (B, (T - 3) // 4, D); raises ValueError for T < 7."""
         if features.dim() != 3 or features.size(-1) != self.num_features:
             raise ValueError(
-                f"subsampling.py: expected features (B, T, {self.num_features}), got {tuple(features.shape)}"
+                f"Conformer encoder: features must be (B, T, {self.num_features}) (num_features), "
+                f"got {tuple(features.shape)}"
             )
         if features.size(1) < self.RECEPTIVE_FIELD:
             raise ValueError(
-                f"subsampling.py: need at least {self.RECEPTIVE_FIELD} feature frames, got {features.size(1)}"
+                f"Conformer encoder: needs at least {self.RECEPTIVE_FIELD} feature frames, got {features.size(1)}"
             )
         features = (features - self.feature_mean) / self.feature_std
         x = self.conv(features.unsqueeze(1))  # (B, C, T', F2)

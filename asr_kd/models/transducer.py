@@ -73,11 +73,11 @@ class TransducerConfig:
 
     def __post_init__(self) -> None:
         if self.encoder_type not in ENCODER_TYPES:
-            raise ValueError(f"transducer.py: encoder_type must be one of {list(ENCODER_TYPES)}, "
+            raise ValueError(f"TransducerConfig: encoder_type must be one of {list(ENCODER_TYPES)}, "
                              f"got {self.encoder_type!r}")
         if not isinstance(self.encoder, encoder_config_class(self.encoder_type)):
             wanted, got = encoder_config_class(self.encoder_type).__name__, type(self.encoder).__name__
-            raise ValueError(f"transducer.py: encoder_type {self.encoder_type!r} needs encoder={wanted}(...), "
+            raise ValueError(f"TransducerConfig: encoder_type {self.encoder_type!r} needs encoder={wanted}(...), "
                              f"got {got} (pass the matching encoder_type)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class TransducerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"transducer.py: unknown TransducerConfig keys {sorted(unknown)}")
+            raise ValueError(f"model config: unknown TransducerConfig keys {sorted(unknown)}")
         kind = d.pop("encoder_type", "conformer")
         config_cls = encoder_config_class(kind)
         enc = d.pop("encoder")
@@ -179,7 +179,7 @@ class Transducer(nn.Module):
             row = torch.as_tensor(list(seq), dtype=torch.int64)
             if int(row.min()) < 0 or int(row.max()) >= self.vocab_size or bool((row == self.blank_id).any()):
                 raise ValueError(
-                    f"transducer.py: utterance {i} of the batch has token ids outside "
+                    f"transducer labels: utterance {i} of the batch has token ids outside "
                     f"[0, {self.vocab_size}) or equal to blank ({self.blank_id}): {list(seq)}"
                 )
             symbols[i, : len(seq)] = row
@@ -230,13 +230,13 @@ class Transducer(nn.Module):
           TransducerOutput (see its docstring).
         """
         if len(y) != features.size(0):
-            raise ValueError(f"transducer.py: {features.size(0)} feature rows but {len(y)} label sequences")
+            raise ValueError(f"transducer batch: {features.size(0)} feature rows but {len(y)} label sequences")
         enc = self.encoder(features, feature_lens, chunk_size, left_context, return_layers)
         encoder_out, encoder_lens = enc.out, enc.lens
         too_short = (encoder_lens < 1).nonzero().flatten().tolist()
         if too_short:
             raise ValueError(
-                f"transducer.py: utterances {too_short} of the batch have fewer than "
+                f"transducer batch: utterances {too_short} of the batch have fewer than "
                 f"{min_input_frames(self.encoder)} feature frames "
                 f"(feature_lens {feature_lens[too_short].tolist()}): no encoder output"
             )
@@ -267,7 +267,7 @@ class Transducer(nn.Module):
             ranges = rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, prune_range)
         elif ranges.dim() != 3 or ranges.shape[:2] != encoder_out.shape[:2]:
             raise ValueError(
-                f"transducer.py: given ranges must be (B, T, R) = {tuple(encoder_out.shape[:2])} + (R,), "
+                f"transducer: the given pruning ranges must be (B, T, R) = {tuple(encoder_out.shape[:2])} + (R,), "
                 f"got {tuple(ranges.shape)}"
             )
         logits = self.joint_on_ranges(encoder_out, decoder_out, ranges)

@@ -1,10 +1,12 @@
-"""Training: loop, loss computers, optimiser/schedule, checkpoints, DDP.
+"""Training: loop, loss computers, optimiser/schedule, run bookkeeping (checkpoints, resume), DDP.
+
+Model files (reading, averaging, ``load_model``) are in ``asr_kd.models.checkpoint``.
 
 Public API::
 
     from asr_kd.train import (LossComputer, TransducerLossComputer, LossSettings, build_loss_computer,
                               Trainer, TrainerConfig, OptimConfig, WarmupDecaySchedule,
-                              build_optimizer, load_model, average_checkpoints, TrainingSettings)
+                              build_optimizer, TrainingSettings)
 
 Entry point: ``python -m asr_kd.bin.train`` (flags and ``settings_from_args`` in
 ``asr_kd.train.cli``, the run in ``asr_kd.train.run.run_training(settings)``).
@@ -16,7 +18,6 @@ there is no circle and that no loss computer imports the command line)::
     run -> settings, loss_factory, carry -> trainer -> loss_computer, tracking, optim, checkpoint
 """
 
-from asr_kd.train.checkpoint import average_checkpoints, load_checkpoint, load_model
 from asr_kd.train.loss_computer import LossComputer
 from asr_kd.train.loss_factory import LossSettings, build_loss_computer
 from asr_kd.train.losses import TransducerLossComputer, TransducerLossConfig, loss_scales
@@ -25,9 +26,6 @@ from asr_kd.train.settings import TrainingSettings
 from asr_kd.train.trainer import BadBatchError, Trainer, TrainerConfig
 
 __all__ = [
-    "average_checkpoints",
-    "load_checkpoint",
-    "load_model",
     "LossComputer",
     "LossSettings",
     "TransducerLossComputer",

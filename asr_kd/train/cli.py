@@ -41,7 +41,7 @@ DEFAULT_MAX_GRAD_NORM = 5.0
 #: one encoder frame in ms: --chunk-ms / --left-context-ms are multiples of it
 FRAME_MS = 40
 
-#: --preset values of either encoder (asr_kd.train.run.build_model_config refuses the other encoder's)
+#: --model-size values of either encoder (asr_kd.train.run.build_model_config refuses the other encoder's)
 PRESET_CHOICES = tuple(sorted(set(preset_names("conformer")) | set(preset_names("zipformer"))))
 
 
@@ -148,7 +148,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder", default="conformer", choices=ENCODER_TYPES,
                    help="encoder architecture: conformer (asr_kd.models.conformer) or zipformer "
                         "(asr_kd.models.zipformer; train it with --optimizer scaled-adam) (default: %(default)s)")
-    g.add_argument("--preset", default="small", choices=PRESET_CHOICES,
+    # dest "preset": the key stored in checkpoints and train_stats.json (older runs resume unchanged);
+    # --preset stays accepted for older command lines, undocumented: run.sh --preset names a recipe conf
+    g.add_argument("--model-size", "--preset", dest="preset", default="small", choices=PRESET_CHOICES,
+                   metavar="SIZE",
                    help="model size: tiny|small|full|large for --encoder conformer, cpu|tiny|small|medium|large "
                         "for --encoder zipformer (default: %(default)s)")
     g.add_argument("--causal", type=str2bool, default=False,
@@ -157,12 +160,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="MS[,MS...]",
                    help="student chunk sizes in milliseconds, positive multiples of 40 (one encoder frame) or -1 "
                         "(full context), e.g. 640 or 640,320,1280; the first is the decoding default; "
-                        "zipformer: multiples of 160 ms (4 encoder frames) (default: the preset's, 640 ms for "
+                        "zipformer: multiples of 160 ms (4 encoder frames) (default: the model size's, 640 ms for "
                         "the conformer, 320 ms for the zipformer)")
     g.add_argument("--left-context-ms", dest="left_context", type=ms_list("--left-context-ms", allow_zero=True),
                    default=None, metavar="MS[,MS...]",
                    help="student attention left contexts in milliseconds, multiples of 40, -1 = unlimited, "
-                        "e.g. 2560 or 2560,1280,-1; zipformer: multiples of 160 ms (default: the preset's, "
+                        "e.g. 2560 or 2560,1280,-1; zipformer: multiples of 160 ms (default: the model size's, "
                         "2560 ms = 2.56 s)")
     add_refused_option(g, "--chunk-size", "chunk sizes are --chunk-ms in milliseconds (8 encoder frames = "
                                           "--chunk-ms 320; icefall's --chunk-size 16 at 50 Hz = 320 ms)")
@@ -172,9 +175,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dynamic-chunk", type=str2bool, default=None,
                    help="true/false: draw chunk size/left context per batch from the lists "
                         "(default: true when a list has several entries)")
-    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (default: the preset's)")
+    g.add_argument("--dropout", type=float, default=None, help="override the model size's dropout (default: the model size's)")
     g.add_argument("--num-layers", type=int, default=None,
-                   help="conformer only: override the preset's number of encoder blocks (default: the preset's, "
+                   help="conformer only: override the model size's number of encoder blocks (default: the model size's, "
                         "6 for small)")
     g.add_argument("--frontend-scale", type=frontend_scale, default=None,
                    help="conformer only: multiplier of the Conv2d front end's output: a number > 0, or sqrt-d for "
@@ -366,7 +369,7 @@ def _check_flag_combinations(a: argparse.Namespace) -> None:
                          f"{a.max_cut_duration}: no cut could be kept")
     if a.kd_stage is not None and a.teacher_cache and a.speed_perturb:
         raise ValueError(
-            "kd.py: --teacher-cache cannot be used with --speed-perturb true: perturbed copies have new "
+            "--teacher-cache cannot be used with --speed-perturb true: perturbed copies have new "
             "cut ids and features the cache does not hold; run the teacher live (no --teacher-cache)"
         )
 

@@ -57,11 +57,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("distributed.py: --device cuda requested but CUDA is not available")
+            raise RuntimeError("--device cuda requested but CUDA is not available")
         if name == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device(name)
-    raise ValueError(f"distributed.py: unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+    raise ValueError(f"--device {name!r} is unknown (auto, cpu, cuda, cuda:N)")
 
 
 def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
@@ -81,7 +81,7 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistIn
     if world <= 1:
         return DistInfo(0, 1, 0, dev, None)
     if not dist.is_available():
-        raise RuntimeError("distributed.py: WORLD_SIZE > 1 but torch.distributed is not available")
+        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available")
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -21,15 +21,15 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
-from asr_kd.train.checkpoint import peek_checkpoint
+from asr_kd.models.checkpoint import peek_checkpoint
+from asr_kd.types import PathLike
 
 __all__ = ["ExpDirInUseError", "new_run_id", "run_files", "claim_fresh_exp_dir", "clean_stale_tmp"]
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 _RUN_FILE = re.compile(r"^(checkpoint-\d+|epoch-\d+|pretrained)\.pt$")
 _TMP_FILE = re.compile(r"^\..+\.tmp\.(\d+)$")
 

@@ -79,7 +79,7 @@ from asr_kd.distill import hidden_mse_loss, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
 from asr_kd.models.encoders import hidden_dims, layer_unit
 from asr_kd.models.transducer import node_occupancy
-from asr_kd.train.checkpoint import load_checkpoint, load_model
+from asr_kd.models.checkpoint import load_checkpoint, load_model
 from asr_kd.train.kd_config import KDConfig, resolve_layer
 from asr_kd.train.loss_computer import LossComputer
 from asr_kd.train.losses import TransducerLossComputer, batch_to_device
@@ -113,17 +113,17 @@ def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, st
     t_sha, s_sha = teacher_ckpt.get("bpe_sha256"), file_sha256(bpe_model)
     if t_sha != s_sha:
         raise ValueError(
-            f"kd.py: teacher and student tokenizers differ: {where} was trained with "
+            f"teacher and student tokenizers differ: {where} was trained with "
             f"{teacher_ckpt.get('bpe_model')} (sha256 {t_sha}), the student uses --bpe-model {bpe_model} "
             f"(sha256 {s_sha}); lattices would not align"
         )
     t_feat = teacher_ckpt.get("feature_config")
     if t_feat is None:
-        raise ValueError(f"kd.py: {where} has no feature_config; cannot check the feature front end")
+        raise ValueError(f"{where} has no feature_config; cannot check the feature front end")
     try:
         check_feature_config(t_feat, feature_config, f"teacher {teacher_path} vs student")
     except ValueError as e:
-        raise ValueError(f"kd.py: {e}") from None
+        raise ValueError(f"{where}: {e}") from None
     pairs = [
         ("vocabulary size", teacher.vocab_size, student.vocab_size),
         ("blank id", teacher.blank_id, student.blank_id),
@@ -131,13 +131,13 @@ def check_teacher_compatible(teacher_ckpt: dict[str, Any], teacher_path: str, st
     ]
     for what, t, s in pairs:
         if t != s:
-            raise ValueError(f"kd.py: teacher {what} {t} ({where}) != student {what} {s}")
+            raise ValueError(f"teacher {what} {t} ({where}) != student {what} {s}")
     probe = torch.arange(0, 400)  # feature frames: every remainder mod 4 and both receptive fields
     t_len, s_len = teacher.encoder.output_lengths(probe), student.encoder.output_lengths(probe)
     if not torch.equal(t_len, s_len):
         i = int((t_len != s_len).nonzero()[0, 0])
         raise ValueError(
-            f"kd.py: the teacher's encoder ({_encoder_name(teacher)}, {where}) and the student's "
+            f"the teacher's encoder ({_encoder_name(teacher)}, {where}) and the student's "
             f"({_encoder_name(student)}) give different numbers of encoder frames (e.g. {int(t_len[i])} vs "
             f"{int(s_len[i])} for {i} feature frames), so their frames cannot be paired; distil a conformer "
             "student from a conformer teacher and a zipformer student from a zipformer teacher"
@@ -234,7 +234,7 @@ class KDLossComputer(LossComputer):
         if cfg.uses_hidden and cfg.projection == "false" and differ:
             (s, t), (ds, dt) = differ[0]
             raise ValueError(
-                f"kd.py: --kd-projection false but the student encoder dim {ds} != teacher dim {dt} "
+                f"--kd-projection false but the student encoder dim {ds} != teacher dim {dt} "
                 f"(--kd-hidden-layers pair {s}:{t}); use --kd-projection auto"
             )
         use_proj = cfg.uses_hidden and (cfg.projection == "true" or (cfg.projection == "auto" and bool(differ)))
@@ -306,7 +306,7 @@ class KDLossComputer(LossComputer):
         key = "clean_features" if self.cfg.teacher_input == "clean" else "features"
         if key not in batch:
             raise ValueError(
-                f"kd.py: --kd-teacher-input {self.cfg.teacher_input} needs batch[{key!r}] "
+                f"--kd-teacher-input {self.cfg.teacher_input} needs batch[{key!r}] "
                 "(the data module must be built with return_clean=True)"
             )
         feats, lens = batch_to_device(batch, device, (key, "feature_lens"))
@@ -315,7 +315,7 @@ class KDLossComputer(LossComputer):
             enc = self.teacher.encoder(feats, lens, return_layers=request)
         return enc.out, enc.lens, _pick_layers(enc.out, enc.hidden, request, layers, self.teacher_last)
 
-    def _teacher_lattice(self, t_enc: Tensor, symbols: Tensor, boundary: Tensor,
+    def teacher_lattice(self, t_enc: Tensor, symbols: Tensor, boundary: Tensor,
                          ) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher decoder output (B,S+1,Dd) and its simple-lattice occupancies (px_grad, py_grad)."""
         lm_scale, am_scale = self.base.cfg.lm_scale, self.base.cfg.am_scale
@@ -351,7 +351,7 @@ class KDLossComputer(LossComputer):
             symbols, sym_lens = _pad_symbols(tokens, self.teacher.blank_id, device)
             boundary = torch.zeros(len(tokens), 4, dtype=torch.int64, device=device)
             boundary[:, 2], boundary[:, 3] = sym_lens, t_lens
-            t_dec, px_grad, py_grad = self._teacher_lattice(t_enc, symbols, boundary)
+            t_dec, px_grad, py_grad = self.teacher_lattice(t_enc, symbols, boundary)
             if cfg.ranges == "teacher":
                 teacher_ranges = rnnt.get_rnnt_prune_ranges(px_grad, py_grad, boundary, self.base.cfg.prune_range)
 
@@ -360,7 +360,7 @@ class KDLossComputer(LossComputer):
         )
         if out.encoder_out.shape[1] != t_enc.shape[1] or not torch.equal(out.encoder_lens, t_lens.to(device)):
             raise ValueError(
-                f"kd.py: student and teacher encoder lengths differ ({out.encoder_lens.tolist()} vs "
+                f"student and teacher encoder lengths differ ({out.encoder_lens.tolist()} vs "
                 f"{t_lens.tolist()}) for cuts {list(batch.get('cut_ids', []))[:8]}: frame rates or inputs differ"
             )
         loss, info = self.base.transducer_loss(out, step)
@@ -420,7 +420,7 @@ def build_kd_loss_computer(cfg: KDConfig, model: nn.Module, base: TransducerLoss
     """
     path = str(cfg.teacher_checkpoint)
     if not Path(path).is_file():
-        raise ValueError(f"kd.py: --teacher-checkpoint {path} does not exist")
+        raise ValueError(f"--teacher-checkpoint {path} does not exist")
     device = next(model.parameters()).device
     teacher, meta = load_teacher(path, device)
     check_teacher_compatible(meta, path, model, teacher, bpe_model, feature_config_dict())

@@ -82,13 +82,14 @@ class TransducerLossConfig:
 
     def __post_init__(self) -> None:
         if not self.delay_penalty >= 0.0:
-            raise ValueError(f"losses.py: delay_penalty must be >= 0, got {self.delay_penalty}")
+            raise ValueError(f"--delay-penalty must be >= 0, got {self.delay_penalty}")
         if self.prune_range < 2:
-            raise ValueError(f"losses.py: prune_range must be >= 2, got {self.prune_range}")
+            raise ValueError(f"--prune-range must be >= 2, got {self.prune_range}")
         if not 0.0 <= self.simple_loss_scale <= 1.0 or not 0.0 <= self.pruned_scale_start <= 1.0:
-            raise ValueError("losses.py: simple_loss_scale and pruned_scale_start must lie in [0, 1]")
+            raise ValueError(f"--simple-loss-scale and --pruned-scale-start must lie in [0, 1], "
+                             f"got {self.simple_loss_scale}, {self.pruned_scale_start}")
         if self.warm_step < 0:
-            raise ValueError(f"losses.py: warm_step must be >= 0, got {self.warm_step}")
+            raise ValueError(f"--warm-step must be >= 0, got {self.warm_step}")
 
 
 def loss_scales(step: int, cfg: TransducerLossConfig) -> tuple[float, float]:
@@ -105,7 +106,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device, keys: Sequence[
     out = []
     for k in keys:
         if k not in batch:
-            raise KeyError(f"losses.py: batch has no {k!r} (keys: {sorted(batch)})")
+            raise KeyError(f"batch has no {k!r} (keys: {sorted(batch)})")
         out.append(batch[k].to(device, non_blocking=True))
     return out
 
@@ -129,9 +130,9 @@ class TransducerLossComputer(LossComputer):
     def __init__(self, encode: Callable[[list[str]], list[list[int]]], cfg: TransducerLossConfig,
                  ctc_head: Optional[nn.Linear] = None, ctc_scale: float = 0.0, blank_id: int = 0) -> None:
         if ctc_scale < 0:
-            raise ValueError(f"losses.py: ctc_scale must be >= 0, got {ctc_scale}")
+            raise ValueError(f"--ctc-scale must be >= 0, got {ctc_scale}")
         if ctc_scale > 0 and ctc_head is None:
-            raise ValueError("losses.py: ctc_scale > 0 needs a ctc_head")
+            raise ValueError("TransducerLossComputer: ctc_scale > 0 needs a ctc_head")
         self.encode = encode
         self.cfg = cfg
         self.ctc_head = ctc_head

@@ -105,18 +105,18 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optim.py: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"optim.py: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ValueError(f"--lr-schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
-            raise ValueError(f"optim.py: lr must be > 0, got {self.lr}")
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
-            raise ValueError(f"optim.py: weight_decay must be >= 0, got {self.weight_decay}")
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.warmup_batches < 1:
-            raise ValueError(f"optim.py: warmup_batches must be >= 1, got {self.warmup_batches}")
+            raise ValueError(f"--warmup-batches must be >= 1, got {self.warmup_batches}")
         if not (self.lr_batches > 0 and self.lr_epochs > 0):
             raise ValueError(
-                f"optim.py: lr_batches and lr_epochs must be > 0, got {self.lr_batches}, {self.lr_epochs}"
+                f"--lr-batches and --lr-epochs must be > 0, got {self.lr_batches}, {self.lr_epochs}"
             )
 
 
@@ -139,7 +139,7 @@ def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[di
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     if not groups:
-        raise ValueError("optim.py: no trainable parameters")
+        raise ValueError("the model has no trainable parameters to optimise")
     return groups
 
 
@@ -160,7 +160,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
         trainable = [p for g in param_groups(params, 0.0) for p in g["params"]]
         clip = cfg.clipping_scale if cfg.clipping_scale > 0 else None
         return ScaledAdam(trainable, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, clipping_scale=clip)
-    raise ValueError(f"optim.py: optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
 def _inverse_sqrt_decay(n: int, scale: float) -> float:

@@ -5,7 +5,7 @@ The settings come from ``asr_kd.train.cli.settings_from_args`` (``asr_kd.train.s
 Order of events (every rank):
  1. process group (torchrun env) and logging (``exp_dir/log/train-rank<r>.log``);
  2. seed python/numpy/torch with ``--seed`` (identical model init on all ranks);
- 3. tokenizer, model config from ``--encoder/--preset/--causal/--chunk-ms/...``;
+ 3. tokenizer, model config from ``--encoder/--model-size/--causal/--chunk-ms/...``;
     stale ``.tmp`` files of killed writers removed; with ``--resume``, the newest
     loadable checkpoint (unreadable ones skipped with a warning), whose model_config,
     bpe_sha256 and settings must match (``asr_kd.train.settings``) and whose run id
@@ -43,8 +43,8 @@ from asr_kd.models import TransducerConfig, build_transducer, preset_config, pre
 from asr_kd.models.zipformer import zipformer_config
 from asr_kd.models.zipformer.config import check_chunk_divisibility, check_left_context
 from asr_kd.train.carry import carry_training_state
-from asr_kd.train.checkpoint import (CheckpointError, epoch_checkpoints, latest_checkpoint, load_checkpoint,
-                                     save_averaged)
+from asr_kd.models.checkpoint import CheckpointError, load_checkpoint, save_averaged
+from asr_kd.train.checkpoint import epoch_checkpoints, latest_checkpoint
 from asr_kd.train.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from asr_kd.train.expdir import claim_fresh_exp_dir, clean_stale_tmp, new_run_id, run_files
 from asr_kd.train.loss_factory import build_loss_computer
@@ -106,16 +106,16 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level: int = logging.INFO)
 
 
 def build_model_config(model: ModelSettings, vocab_size: int) -> TransducerConfig:
-    """TransducerConfig for --encoder/--preset/--causal/--chunk-ms/--left-context-ms/--dynamic-chunk/--dropout/
+    """TransducerConfig for --encoder/--model-size/--causal/--chunk-ms/--left-context-ms/--dynamic-chunk/--dropout/
     --num-layers/--frontend-scale (``settings.model``) and the tokenizer's ``vocab_size``.
 
-    One-line ValueErrors name the flag: a --preset of the other encoder, --num-layers or
+    One-line ValueErrors name the flag: a --model-size of the other encoder, --num-layers or
     --frontend-scale with --encoder zipformer (Conformer knobs), Zipformer chunk sizes or
     left contexts its downsampling factors do not allow.
     """
     encoder = model.encoder
     if model.preset not in preset_names(encoder):
-        raise ValueError(f"--preset {model.preset} is not a {encoder} size; --encoder {encoder} takes "
+        raise ValueError(f"--model-size {model.preset} is not a {encoder} size; --encoder {encoder} takes "
                          f"{'|'.join(preset_names(encoder))}")
     overrides: dict[str, Any] = {}
     if model.dropout is not None:
@@ -124,7 +124,7 @@ def build_model_config(model: ModelSettings, vocab_size: int) -> TransducerConfi
         for flag, value in (("--num-layers", model.num_layers), ("--frontend-scale", model.frontend_scale)):
             if value is not None:
                 raise ValueError(f"{flag} is a Conformer option; --encoder zipformer takes its depths and widths "
-                                 f"from --preset ({'|'.join(preset_names('zipformer'))})")
+                                 f"from --model-size ({'|'.join(preset_names('zipformer'))})")
     if model.num_layers is not None:
         if model.num_layers < 1:
             raise ValueError(f"--num-layers must be >= 1, got {model.num_layers}")
@@ -212,7 +212,7 @@ def _load_continue(run: RunSettings, model_cfg: TransducerConfig, bpe_sha: str) 
     ck = load_checkpoint(path)
     if ck.get("model_config") != model_cfg.to_dict():
         raise ValueError(f"--continue-from {path}: its model_config differs from the one built from the flags; "
-                         f"use the same --encoder/--preset/--causal/--chunk-ms/--left-context-ms/--dropout/--num-layers "
+                         f"use the same --encoder/--model-size/--causal/--chunk-ms/--left-context-ms/--dropout/--num-layers "
                          f"as that run")
     if ck.get("bpe_sha256") != bpe_sha:
         raise ValueError(f"--continue-from {path} was trained with another BPE model than {run.bpe_model}")

@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 class ModelSettings:
     """The model flags (``asr_kd.train.run.build_model_config`` turns them into a ``TransducerConfig``).
 
-    Attributes (None: the preset's value):
+    Attributes (None: the model size's value):
       encoder: --encoder, conformer | zipformer.
-      preset: --preset, a model size of that encoder.
+      preset: --model-size, a model size of that encoder (stored under the key "preset").
       causal: --causal; False: full-context teacher, True: chunk-wise streaming student.
       chunk_size / left_context: --chunk-ms / --left-context-ms, in encoder frames (40 ms).
       dynamic_chunk: --dynamic-chunk (None: True when a list has several entries).

@@ -56,13 +56,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from asr_kd.metrics.train_stats import update_train_stats
-from asr_kd.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    atomic_torch_save,
-    get_rng_state,
-    prune_checkpoints,
-    set_rng_state,
-)
+from asr_kd.atomic import atomic_torch_save
+from asr_kd.models.checkpoint import CHECKPOINT_FORMAT
+from asr_kd.train.checkpoint import get_rng_state, prune_checkpoints, set_rng_state
 from asr_kd.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, is_distributed
 from asr_kd.train.eta import EtaMeter, format_duration
 from asr_kd.train.loss_computer import LossComputer, optimizer_param_names
@@ -208,7 +204,7 @@ class Trainer:
             self.ddp = self.step_module
         amp = cfg.amp
         if amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"trainer.py: --amp must be none, bf16 or fp16, got {amp!r}")
+            raise ValueError(f"--amp must be none, bf16 or fp16, got {amp!r}")
         if amp != "none" and self.device.type != "cuda":
             log.warning("AMP (%s) is only used on CUDA; training in float32 on %s", amp, self.device)
             amp = "none"
@@ -226,7 +222,7 @@ class Trainer:
         in_opt = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in self.step_module.named_parameters() if p.requires_grad and id(p) not in in_opt]
         if missing:
-            raise ValueError(f"trainer.py: trainable parameters missing from the optimiser: {missing[:5]}")
+            raise ValueError(f"trainable parameters missing from the optimiser: {missing[:5]}")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp == "none":
@@ -290,7 +286,7 @@ class Trainer:
             )
             if self.bad_in_row >= self.cfg.max_bad_batches:
                 raise BadBatchError(
-                    f"trainer.py: {self.bad_in_row} consecutive batches had a non-finite loss or gradient "
+                    f"{self.bad_in_row} consecutive batches had a non-finite loss or gradient "
                     f"(last: batch {step} of epoch {self.epoch}, cuts {list(batch.get('cut_ids', []))[:20]}). "
                     "Training diverged or the data is broken: lower --lr, check --amp, inspect these cuts, "
                     "or raise --max-bad-batches."
@@ -374,7 +370,7 @@ class Trainer:
         """Restore everything but the sampler (pass ``ckpt["sampler"]`` to the data module)."""
         if ckpt.get("format_version") != CHECKPOINT_FORMAT:
             raise RuntimeError(
-                f"trainer.py: checkpoint format {ckpt.get('format_version')} != {CHECKPOINT_FORMAT}"
+                f"checkpoint format {ckpt.get('format_version')} != {CHECKPOINT_FORMAT} (the format this version reads)"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])

@@ -12,7 +12,7 @@
 #     latency columns, otherwise see decode_align below.
 #
 # Preset variables (conf/<preset>.conf):
-#   required: model_preset chunk_size left_context max_duration num_workers lr
+#   required: model_size chunk_size left_context max_duration num_workers lr
 #     warmup_batches lr_batches lr_epochs warm_step avg teacher_epochs
 #     student_epochs stage1_epochs stage2_epochs
 #     (chunk_size, left_context: comma lists in 40 ms encoder frames, -1 = full context /
@@ -47,6 +47,10 @@
 
 cuts_of() { echo "$data/fbank/cuts_$1.jsonl.gz"; }
 
+# model_size (asr_kd.bin.train --model-size) was called model_preset before: older confs still work
+model_size=${model_size:-${model_preset:-}}
+[ -n "$model_size" ] || die "the conf sets no model_size (a model size of asr_kd.bin.train --model-size)"
+
 seeds=${seeds:-42}
 main_seed=${seeds%% *}
 ablations=${ablations:-}
@@ -74,7 +78,7 @@ bpe_model=$lang_dir/bpe.model
 teacher_ckpt=$exp_dir/teacher/pretrained.pt
 # shellcheck disable=SC2206  # train_args holds several flags
 common_train_args=(--cuts-train "$cuts_train" --cuts-valid "$cuts_dev" --bpe-model "$bpe_model"
-  --preset "$model_preset" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
+  --model-size "$model_size" --max-duration "$max_duration" --num-workers "$num_workers" --lr "$lr"
   --warmup-batches "$warmup_batches" --lr-batches "$lr_batches" --lr-epochs "$lr_epochs"
   --warm-step "$warm_step" --avg "$avg" $train_args)
 # frames_to_ms NAME LIST: the comma LIST of 40 ms encoder frames (chunk_size, left_context of the

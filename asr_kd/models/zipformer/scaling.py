@@ -7,14 +7,23 @@ and Yao et al. 2024; the code here is our own.
 * SwooshL(x) = log(1 + e^(x-4)) - 0.08 x - 0.035
 * BiasNorm(x) = x exp(gamma) / sqrt(mean_c (x - b)^2): a learnt per-channel
   bias b (only inside the RMS; it is not subtracted from the output) and a
-  learnt scalar log-scale gamma (init 1.0, held to [-1.5, 1.5] in training).
-  No epsilon, as in the recipe.
+  learnt scalar log-scale gamma (init 1.0, held to [-1.5, 1.5] in training
+  by ``hold_in_range``). No epsilon, as in the recipe.
 * ``ScheduledFloat``: a value piecewise linear in the global batch count
   (held at the end values outside the given points); ``default`` when the
   batch count was never set or the module is not training.
 * ``Bypass``: out = orig + (new - orig) s with a learnt per-channel s
-  (init 0.5); in training s is clamped to [scale_min, 1] with scale_min
-  scheduled (0, 0.9) -> (20000, 0.2); evaluation uses the raw s.
+  (init 0.5); in training s is held to [scale_min, 1] by ``hold_in_range``
+  with scale_min scheduled (0, 0.9) -> (20000, 0.2).
+* ``hold_in_range`` (the recipe's ``limit_param_value``): the forward value
+  is the parameter itself, in training and evaluation alike; only the
+  gradient of an element outside [lo, hi] that would push it further out
+  has its sign flipped, so the optimiser walks it back. A forward clamp
+  would instead train the model with the clamped value while evaluation
+  uses the raw one (s = 0.5 at initialisation against a training minimum of
+  0.9 for the first ~3,300 h of audio): the evaluated model would not be the
+  trained one. The recipe applies it at random on 60% of the calls to save
+  time; here it applies on every training call (no random draw).
 
 icefall's Balancer, Whiten and ScaleGrad are identity in the forward pass
 (they only shape gradients in training) and are not implemented; neither are
@@ -117,6 +126,36 @@ def set_batch_count(module: nn.Module, batch_count: Optional[float]) -> None:
                 v.batch_count = None if batch_count is None else float(batch_count)
 
 
+class _HoldInRange(torch.autograd.Function):
+    """Identity forward; backward flips the sign of gradients that push an out-of-range element further out."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        # gradient descent moves x by -grad: below lo a positive grad lowers x further, above hi a negative one raises it
+        outward = ((x < ctx.lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
+        return torch.where(outward, -grad, grad), None, None
+
+
+def hold_in_range(x: Tensor, lo: float, hi: float, training: bool) -> Tensor:
+    """``x`` unchanged; in training its gradient walks elements outside [lo, hi] back inside.
+
+    x: a parameter of any shape.  The forward value never changes, so a model
+    evaluates with exactly the values it was trained with.
+    """
+    if not training or not x.requires_grad:
+        return x
+    if hi < lo:
+        raise ValueError(f"hold_in_range: upper limit {hi} is below the lower limit {lo}")
+    return _HoldInRange.apply(x, lo, hi)
+
+
 class BiasNorm(nn.Module):
     """BiasNorm over the last dim: ``x exp(gamma) / sqrt(mean_c (x - b)^2)``.
 
@@ -133,9 +172,7 @@ class BiasNorm(nn.Module):
         self.log_scale_max = log_scale_max
 
     def forward(self, x: Tensor) -> Tensor:
-        log_scale = self.log_scale
-        if self.training:
-            log_scale = log_scale.clamp(self.log_scale_min, self.log_scale_max)
+        log_scale = hold_in_range(self.log_scale, self.log_scale_min, self.log_scale_max, self.training)
         scale = ((x - self.bias) ** 2).mean(dim=-1, keepdim=True) ** -0.5
         return x * scale * log_scale.exp()
 
@@ -143,9 +180,10 @@ class BiasNorm(nn.Module):
 class Bypass(nn.Module):
     """Learnt per-channel interpolation ``orig + (new - orig) s``; (..., C) inputs.
 
-    In training, s is clamped to [scale_min(batch_count), 1.0] with
-    scale_min = ScheduledFloat((0, 0.9), (20000, 0.2)); in evaluation the raw
-    s is used (as in the recipe).  s is initialised to 0.5.
+    In training, s is held to [scale_min(batch_count), 1.0] by
+    ``hold_in_range`` (gradient only: the value used is s itself, in training
+    and evaluation), with scale_min = ScheduledFloat((0, 0.9), (20000, 0.2)).
+    s is initialised to 0.5.
     """
 
     def __init__(self, num_channels: int, init_scale: float = 0.5) -> None:
@@ -155,10 +193,8 @@ class Bypass(nn.Module):
         self.scale_max = 1.0
 
     def effective_scale(self) -> Tensor:
-        """The per-channel s used in this mode (clamped only in training)."""
-        if not self.training:
-            return self.bypass_scale
-        return self.bypass_scale.clamp(self.scale_min.value(True), self.scale_max)
+        """The per-channel s (the parameter's value in both modes; training also holds it in range)."""
+        return hold_in_range(self.bypass_scale, self.scale_min.value(self.training), self.scale_max, self.training)
 
     def forward(self, orig: Tensor, new: Tensor) -> Tensor:
         return orig + (new - orig) * self.effective_scale()

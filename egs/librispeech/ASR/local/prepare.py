@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from asr_kd.atomic import atomic_write_file, atomic_write_text
 
 log = logging.getLogger("prepare")
 
@@ -45,9 +46,7 @@ def _bool(text: str) -> bool:
 
 
 def _write_cuts(cuts, path: Path) -> None:
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    cuts.to_file(tmp)
-    os.replace(tmp, path)
+    atomic_write_file(path, cuts.to_file)  # the temporary name keeps .jsonl.gz: lhotse picks the format from it
 
 
 def _drop_silences(sup):
@@ -99,11 +98,7 @@ def prepare(corpus_dir: Path, out_dir: Path, train_subsets: List[str], eval_subs
         cuts = part_cuts(manifests, part)
         train = cuts if train is None else train + cuts
     _write_cuts(train, out_dir / "cuts_train_raw.jsonl.gz")
-    tmp = out_dir / f".tmp{os.getpid()}-transcripts_train.txt"
-    with open(tmp, "w") as f:
-        for cut in train:
-            f.write(cut.supervisions[0].text + "\n")
-    os.replace(tmp, out_dir / "transcripts_train.txt")
+    atomic_write_text(out_dir / "transcripts_train.txt", "".join(cut.supervisions[0].text + "\n" for cut in train))
     log.info("train (%s): %d utterances", " + ".join(train_subsets), len(train))
 
 
@@ -140,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.musan_dir is not None:
             prepare_musan(args.musan_dir, args.out_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"prepare.py: {e}")
+        raise SystemExit(f"local/prepare.py: error: {e}")
 
 
 if __name__ == "__main__":

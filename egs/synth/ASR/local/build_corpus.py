@@ -43,6 +43,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from asr_kd.atomic import atomic_write_bytes, atomic_write_file
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from closed_vocab import restrict_pool  # noqa: E402
@@ -59,14 +61,6 @@ MIN_POOL = 30000
 # ---------------------------------------------------------------- small I/O helpers
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
@@ -74,10 +68,7 @@ def atomic_write_json(path: Path, obj) -> None:
 def write_flac(path: Path, audio: np.ndarray) -> None:
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.flac")
-    sf.write(str(tmp), audio, TARGET_SR, subtype="PCM_16", format="FLAC")
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda tmp: sf.write(str(tmp), audio, TARGET_SR, subtype="PCM_16", format="FLAC"))
 
 
 def sha256_file(path: Path) -> str:

@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from asr_kd.atomic import move_into_place, temp_path_for
+
 log = logging.getLogger("make_manifests")
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".tmp{os.getpid()}-{path.name}")
 
 
 def check_alignment(sup) -> None:
@@ -123,17 +120,17 @@ def make_manifests(corpus_dir: Path, out_dir: Path) -> Dict[str, int]:
         validate(cuts)
         for name, manifest in (("recordings", recordings), ("supervisions", supervisions), ("cuts", cuts)):
             final = out_dir / (f"{name}_{split}.jsonl.gz" if name != "cuts" else f"cuts_{split}_raw.jsonl.gz")
-            tmp = _tmp_name(final)
+            tmp = temp_path_for(final)
             manifest.to_file(tmp)
             written.append((tmp, final))
         counts[split] = len(cuts)
         if split == "train":
             final = out_dir / "transcripts_train.txt"
-            tmp = _tmp_name(final)
+            tmp = temp_path_for(final)
             tmp.write_text("".join(s.text + "\n" for s in sups))
             written.append((tmp, final))
     for tmp, final in written:  # all validated: move into place
-        os.replace(tmp, final)
+        move_into_place(tmp, final)
     return counts
 
 

@@ -1,4 +1,6 @@
-"""Whole-utterance decoding: offline and simulated streaming.
+"""Whole-utterance decoding: one batched encoder call per utterance, offline or simulated streaming.
+
+(True chunk-by-chunk streaming with state caches is ``streaming.py``.)
 
 * ``offline``: the encoder's own configuration over the whole utterance
   (full context for a teacher; for a chunk-wise student the chunk size and
