@@ -20,7 +20,7 @@ def small_corpus(tmp_path_factory):
     from lhotse import NumpyFilesWriter
 
     from asr_kd.data.features import lhotse_fbank_extractor
-    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
+    from toy_corpus import make_synthetic_cuts, write_transcripts
     from asr_kd.data.tokenizer import train_bpe
 
     d = tmp_path_factory.mktemp("ddp_corpus")

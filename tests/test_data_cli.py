@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from asr_kd.data.features import compute_fbank
-from asr_kd.data.testing import make_synthetic_cuts
+from toy_corpus import make_synthetic_cuts
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from asr_kd.data.augment import SpecAugment, SpecAugmentConfig
 from asr_kd.data.datamodule import AsrDataModule, DataConfig, filter_short_cuts
 from asr_kd.data.features import FEATURE_PAD_VALUE
-from asr_kd.data.testing import make_noise_cuts, make_synthetic_cuts, write_transcripts
+from toy_corpus import make_noise_cuts, make_synthetic_cuts, write_transcripts
 from asr_kd.data.tokenizer import Tokenizer, train_bpe
 
 KEYS = {"features", "feature_lens", "texts", "cut_ids", "cuts"}

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
+from toy_corpus import make_synthetic_cuts, write_transcripts
 from asr_kd.data.tokenizer import Tokenizer, train_bpe
 
 

@@ -14,7 +14,7 @@ from lhotse.utils import fastcopy
 from asr_kd.bin import compare as compare_cli
 from asr_kd.bin import decode as decode_cli
 from asr_kd.data.features import feature_config_dict
-from asr_kd.data.testing import WORDS, make_synthetic_cuts, write_transcripts
+from toy_corpus import WORDS, make_synthetic_cuts, write_transcripts
 from asr_kd.data.tokenizer import Tokenizer, file_sha256, train_bpe
 from asr_kd.decode import DecodeSettings, decode_cuts
 from asr_kd.metrics.results import REQUIRED_FIELDS
@@ -22,7 +22,7 @@ from asr_kd.models import build_transducer, preset_config
 
 
 def _with_word_times(cut):
-    """Word alignment from the synthesis recipe of asr_kd.data.testing (0.1 s lead, tone + 50 ms gap)."""
+    """Word alignment from the synthesis recipe of tests/toy_corpus.py (0.1 s lead, tone + 50 ms gap)."""
     sup = cut.supervisions[0]
     t, items = 0.1, []
     for w in sup.text.split():

@@ -15,7 +15,7 @@ def setup(tmp_path_factory):
     from lhotse import NumpyFilesWriter
 
     from asr_kd.data.features import lhotse_fbank_extractor
-    from asr_kd.data.testing import make_synthetic_cuts
+    from toy_corpus import make_synthetic_cuts
     from asr_kd.models import build_transducer, preset_config
 
     d = tmp_path_factory.mktemp("cache_corpus")

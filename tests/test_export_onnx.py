@@ -20,7 +20,7 @@ import onnxruntime as ort  # noqa: E402
 
 from asr_kd.bin import export_onnx  # noqa: E402
 from asr_kd.data.features import compute_online_fbank  # noqa: E402
-from asr_kd.data.testing import make_synthetic_cuts, write_transcripts  # noqa: E402
+from toy_corpus import make_synthetic_cuts, write_transcripts  # noqa: E402
 from asr_kd.data.tokenizer import Tokenizer, train_bpe  # noqa: E402
 from asr_kd.decode import StreamingDecoder, encode, search  # noqa: E402
 from asr_kd.export import sherpa  # noqa: E402

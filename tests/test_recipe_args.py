@@ -271,3 +271,35 @@ def test_teacher_cache_is_built_once_and_passed_to_the_distilling_stages(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "asr_kd.bin.cache_teacher" in calls.read_text().splitlines()[0]
     assert list(exp.glob("teacher-cache.replaced-*"))  # the old cache was moved aside
+
+
+@pytest.mark.parametrize("recipe, size, data_preset", [("egs/synth/ASR", "cpu", "small"),
+                                                       ("egs/librispeech/ASR", "medium", "medium")])
+def test_zipformer_conf_builds_on_another_and_trains_the_zipformer(recipe, size, data_preset, tmp_path):
+    """conf/zipformer.conf sources another conf: it shares that conf's data dir, its variables stay
+    settable with --set, and the teacher is trained with --encoder zipformer at the Zipformer size."""
+    probe = (f'recipe_dir={REPO / recipe}; . {REPO}/egs/common/lib.sh; preset=zipformer; load_preset; '
+             'echo "$data|$model_size|$(preset_variables)"')
+    out = subprocess.run(["bash", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    data_dir, model_size, names = out.stdout.strip().split("|")
+    assert data_dir == f"data/{data_preset}" and model_size == size
+    assert " teacher_epochs " in f" {names} " and " data_preset " in f" {names} "  # from the base conf and its own
+
+    bpe = subprocess.run(["bash", "-c", f'recipe_dir=$PWD; . conf/zipformer.conf; echo "lang_bpe_$bpe_vocab"'],
+                         cwd=REPO / recipe, capture_output=True, text=True, check=True).stdout.strip()
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, bpe)
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    stub.chmod(0o755)
+    extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
+    proc = subprocess.run(["bash", f"{recipe}/run.sh", "--preset", "zipformer", "--skip-setup", "true",
+                           "--data-dir", str(data), "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3",
+                           "--num-gpus", "0", "--set", "teacher_epochs=2", *extra],
+                          cwd=REPO, env=dict(os.environ, PYTHON=str(stub)), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert argv[argv.index("--encoder") + 1] == "zipformer"
+    assert argv[argv.index("--model-size") + 1] == size
+    assert argv[argv.index("--num-epochs") + 1] == "2" and "--preset" not in argv

@@ -301,7 +301,7 @@ def test_cli_training_with_scaled_adam_resumes_exactly(tmp_path) -> None:
 
     from asr_kd.bin.train import train as train_main
     from asr_kd.data.features import lhotse_fbank_extractor
-    from asr_kd.data.testing import make_synthetic_cuts, write_transcripts
+    from toy_corpus import make_synthetic_cuts, write_transcripts
     from asr_kd.data.tokenizer import train_bpe
     from asr_kd.models.checkpoint import load_checkpoint
 

@@ -38,7 +38,7 @@ def fit_and_dump(self, *a, **k):
 T.Trainer.train_step = train_step
 T.Trainer.fit = fit_and_dump
 from asr_kd.bin.train import main
-main(sys.argv[1:])
+sys.exit(main(sys.argv[1:]))
 """
 
 

@@ -138,7 +138,13 @@ check_common_args() {
 # preset_variables: the names --set accepts: those conf/<preset>.conf assigns and the
 # optional ones the model stages and the recipe default with NAME=${NAME:-...}
 preset_variables() {
-  { sed -n 's/^\([a-z_][a-z0-9_]*\)=.*/\1/p' "$recipe_dir/$conf"
+  # a conf may build on another one (a line '. "$recipe_dir/conf/NAME.conf"'): its variables count too
+  local -a confs=("$recipe_dir/$conf")
+  local base
+  for base in $(sed -n 's/^\. "\$recipe_dir\/\(conf\/[A-Za-z0-9_-]*\.conf\)".*/\1/p' "$recipe_dir/$conf"); do
+    confs+=("$recipe_dir/$base")
+  done
+  { sed -n 's/^\([a-z_][a-z0-9_]*\)=.*/\1/p' "${confs[@]}"
     sed -n 's/^\([a-z_][a-z0-9_]*\)=\${\1:-.*/\1/p' "$common_dir/stages.sh" "$recipe_dir/run.sh"
   } | sort -u | tr '\n' ' '
 }
@@ -161,7 +167,8 @@ load_preset() {
       log "--set $name=${kv#*=} (over $conf)"
     done
   fi
-  data=${data_dir:-data/${preset}}
+  # data_preset (a conf variable): share the data dir of the conf this one builds on
+  data=${data_dir:-data/${data_preset:-$preset}}
   exp_dir=${exp_dir:-exp/${preset}}
   python=${PYTHON:-python3}
   mkdir -p "$data" "$exp_dir"

@@ -1,4 +1,4 @@
-"""Tiny synthetic corpora for tests and smoke runs (no downloads, no TTS).
+"""Tiny synthetic corpora for the tests (no downloads, no TTS): a test helper, not part of the package.
 
 Each utterance is a sequence of "words"; every word is a short tone burst
 whose pitch identifies the word, followed by a little noise, so a model can
