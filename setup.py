@@ -29,5 +29,4 @@ setup(
         # older wheels are built against numpy 1 and crash at import beside numpy 2 (1.16.3 seen).
         "export": ["onnx>=1.14", "onnxruntime>=1.20", "sherpa-onnx>=1.10"],
     },
-    entry_points={},
 )

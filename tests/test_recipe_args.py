@@ -286,7 +286,7 @@ def test_zipformer_conf_builds_on_another_and_trains_the_zipformer(recipe, size,
     assert data_dir == f"data/{data_preset}" and model_size == size
     assert " teacher_epochs " in f" {names} " and " data_preset " in f" {names} "  # from the base conf and its own
 
-    bpe = subprocess.run(["bash", "-c", f'recipe_dir=$PWD; . conf/zipformer.conf; echo "lang_bpe_$bpe_vocab"'],
+    bpe = subprocess.run(["bash", "-c", 'recipe_dir=$PWD; . conf/zipformer.conf; echo "lang_bpe_$bpe_vocab"'],
                          cwd=REPO / recipe, capture_output=True, text=True, check=True).stdout.strip()
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, bpe)
