@@ -71,11 +71,24 @@ def _fake_data(data: Path, bpe_dir: str) -> None:
         (data / name).write_bytes(b"")
 
 
+def _bpe_dir(recipe: str, preset: str = "micro") -> str:
+    """The BPE directory name (lang_bpe_<vocab>) that conf/<preset>.conf gives."""
+    return subprocess.run(["bash", "-c", f'recipe_dir=$PWD; . conf/{preset}.conf; echo "lang_bpe_$bpe_vocab"'],
+                          cwd=REPO / recipe, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _argv_stub(tmp_path: Path) -> Path:
+    """A stand-in PYTHON that writes its arguments, one per line, to tmp_path/argv."""
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    stub.chmod(0o755)
+    return stub
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("stage, first", [(5, 3), (6, 3), (9, 8)])
 def test_missing_input_names_the_stage_to_run_first(recipe, stage, first, tmp_path):
-    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    bpe = _bpe_dir(recipe)
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, bpe)
     extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
@@ -107,13 +120,10 @@ def test_missing_data_names_data_stage(recipe, tmp_path):
 ])
 def test_training_launch(recipe, opts, launch, tmp_path):
     """Stage 3's command line, recorded by a stand-in PYTHON: one process, or torchrun."""
-    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    bpe = _bpe_dir(recipe)
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, bpe)
-    stub = tmp_path / "python"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
-    stub.chmod(0o755)
+    stub = _argv_stub(tmp_path)
     extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
     env = dict(os.environ, PYTHON=str(stub))
     proc = subprocess.run(["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir",
@@ -129,8 +139,7 @@ def test_training_launch(recipe, opts, launch, tmp_path):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_changed_settings_move_the_trained_model_aside(recipe, tmp_path):
     """A finished model whose settings changed is retrained with --overwrite (moved aside), never deleted."""
-    bpe = subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    bpe = _bpe_dir(recipe)
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, bpe)
     stub = tmp_path / "python"  # records its arguments and "trains" by writing pretrained.pt
@@ -160,18 +169,11 @@ def test_changed_settings_move_the_trained_model_aside(recipe, tmp_path):
     assert run(seeds="7")[0] is None  # the new run's marker was written: nothing to do
 
 
-def _micro_bpe_dir(recipe: str) -> str:
-    return subprocess.run(["bash", "-c", '. conf/micro.conf; echo "lang_bpe_$bpe_vocab"'], cwd=REPO / recipe,
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_set_overrides_a_preset_variable_and_refuses_unknown_names(recipe, tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
-    _fake_data(data, _micro_bpe_dir(recipe))
-    stub = tmp_path / "python"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
-    stub.chmod(0o755)
+    _fake_data(data, _bpe_dir(recipe))
+    stub = _argv_stub(tmp_path)
     extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
     base = ["bash", f"{recipe}/run.sh", "--preset", "micro", "--skip-setup", "true", "--data-dir", str(data),
             "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3", *extra]
@@ -202,7 +204,7 @@ def test_decode_outputs_are_replaced_only_when_complete(tmp_path):
     """Stage 8 decodes into decode.partial: a failed redecode leaves the previous decode intact."""
     recipe = "egs/synth/ASR"
     data, exp = tmp_path / "data", tmp_path / "exp"
-    _fake_data(data, _micro_bpe_dir(recipe))
+    _fake_data(data, _bpe_dir(recipe))
     for name in ("test_seen", "test_heldout"):
         (data / "fbank" / f"cuts_{name}.jsonl.gz").write_bytes(b"")
     (exp / "teacher").mkdir(parents=True)
@@ -245,7 +247,7 @@ def test_features_are_moved_aside_not_deleted(tmp_path):
 def test_teacher_cache_is_built_once_and_passed_to_the_distilling_stages(tmp_path):
     recipe = "egs/synth/ASR"
     data, exp = tmp_path / "data", tmp_path / "exp"
-    _fake_data(data, _micro_bpe_dir(recipe))
+    _fake_data(data, _bpe_dir(recipe))
     (exp / "teacher").mkdir(parents=True)
     (exp / "teacher" / "pretrained.pt").write_bytes(b"weights")
     calls = tmp_path / "calls"
@@ -286,13 +288,10 @@ def test_zipformer_conf_builds_on_another_and_trains_the_zipformer(recipe, size,
     assert data_dir == f"data/{data_preset}" and model_size == size
     assert " teacher_epochs " in f" {names} " and " data_preset " in f" {names} "  # from the base conf and its own
 
-    bpe = subprocess.run(["bash", "-c", 'recipe_dir=$PWD; . conf/zipformer.conf; echo "lang_bpe_$bpe_vocab"'],
-                         cwd=REPO / recipe, capture_output=True, text=True, check=True).stdout.strip()
+    bpe = _bpe_dir(recipe, "zipformer")
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, bpe)
-    stub = tmp_path / "python"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
-    stub.chmod(0o755)
+    stub = _argv_stub(tmp_path)
     extra = ["--corpus-dir", str(tmp_path)] if "librispeech" in recipe else []
     proc = subprocess.run(["bash", f"{recipe}/run.sh", "--preset", "zipformer", "--skip-setup", "true",
                            "--data-dir", str(data), "--exp-dir", str(exp), "--stage", "3", "--stop-stage", "3",

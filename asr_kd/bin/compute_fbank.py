@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import List, Optional, Sequence

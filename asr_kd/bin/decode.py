@@ -34,7 +34,6 @@ from asr_kd.models.units import FEATURE_MS, FRAME_MS, ms_to_frames
 log = logging.getLogger("asr_kd.decode")
 
 
-
 def get_parser() -> argparse.ArgumentParser:
     from asr_kd.options import add_refused_option, mapped_value
 
