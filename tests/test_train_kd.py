@@ -345,3 +345,41 @@ def test_stage2_continue_from_carries_stage1_state(corpus, teacher, tmp_path, ca
     bad.write_bytes((s1 / "epoch-1.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=f"checkpoint {bad}: cannot be read: truncated"):
         train_main(_argv(corpus, tmp_path / "s3", bad, "--kd-stage", "output"))
+
+
+# ------------------------------------------------------------------ teacher delay
+
+
+def test_teacher_delay_equals_a_teacher_with_delayed_frames(corpus, teacher) -> None:
+    """--kd-teacher-delay-ms 80 gives exactly the losses of a teacher whose encoder output is delayed 2 frames."""
+    from asr_kd.distill import delay_frames
+
+    common = ("--kd-stage", "joint", "--kd-hidden-layers", "0:0,-1:-1")
+    _, student, delayed, batch = _setup(corpus, teacher, *common, "--kd-teacher-delay-ms", "80")
+    _, student2, by_hand, _ = _setup(corpus, teacher, *common)
+    student2.load_state_dict(student.state_dict())
+    encoder = by_hand.teacher.encoder
+    plain_forward = encoder.forward
+
+    def delayed_forward(*args, **kwargs):
+        enc = plain_forward(*args, **kwargs)
+        enc.out = delay_frames(enc.out, 2)
+        enc.hidden = [delay_frames(h, 2) for h in enc.hidden]
+        return enc
+
+    for m in (student, student2):
+        m.eval()
+    with torch.no_grad():
+        plain_loss, plain_info = by_hand(student2, batch, 100)
+        encoder.forward = delayed_forward
+        l1, i1 = delayed(student, batch, 100)
+        l2, i2 = by_hand(student2, batch, 100)
+    assert float(l1) == pytest.approx(float(l2), rel=1e-6, abs=1e-6)
+    for k in ("kd_hidden_loss", "kd_output_loss", "kd_coverage"):
+        assert i1[k] == pytest.approx(i2[k], rel=1e-6, abs=1e-7), k
+    assert i1["kd_output_loss"] != pytest.approx(plain_info["kd_output_loss"], rel=1e-3)  # the delay acts
+
+
+def test_teacher_delay_must_be_whole_frames(corpus, teacher) -> None:
+    with pytest.raises(ValueError, match="--kd-teacher-delay-ms must be 0 or a positive multiple of 40 ms"):
+        _setup(corpus, teacher, "--kd-stage", "output", "--kd-teacher-delay-ms", "50")

@@ -2,6 +2,7 @@
 pruned RNN-T lattice, and teacher smoothing (see the module docstrings for the
 exact formulas)."""
 
+from .delay import delay_frames
 from .hidden import hidden_mse_loss
 from .output import KDStats, output_kd_loss, output_kd_loss_with_stats
 from .smoothing import (
@@ -17,6 +18,7 @@ __all__ = [
     "KDStats",
     "SMOOTHING_METHODS",
     "SmoothingStats",
+    "delay_frames",
     "hidden_mse_loss",
     "output_kd_loss",
     "output_kd_loss_with_stats",

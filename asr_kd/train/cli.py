@@ -315,6 +315,10 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
                    help="true/false: weight KL nodes by the (detached) simple-lattice occupancy of the range owner (default: %(default)s)")
     g.add_argument("--kd-teacher-input", default="clean", choices=("clean", "augmented"),
                    help="teacher input: clean (before SpecAugment/noise) or the student's augmented features (default: %(default)s)")
+    g.add_argument("--kd-teacher-delay-ms", type=int, default=0,
+                   help="delay the teacher's encoder frames by this many ms (a multiple of 40) before any target is "
+                        "taken from them: student frame t learns from teacher frame t - d, so a chunk-wise student is "
+                        "not asked to emit before it can have heard (0: off) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,6 +390,7 @@ def _kd_config(a: argparse.Namespace) -> Optional[KDConfig]:
         temperature=float(a.kd_temperature), target_entropy=float(a.kd_target_entropy),
         alpha_min=float(a.kd_alpha_min), distribution=str(a.kd_distribution), ranges=str(a.kd_ranges),
         occupancy=bool(a.kd_occupancy), teacher_input=str(a.kd_teacher_input),
+        teacher_delay_ms=int(a.kd_teacher_delay_ms),
     )
 
 

@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from asr_kd import rnnt
 from asr_kd.data.features import check_feature_config, feature_config_dict
 from asr_kd.data.tokenizer import file_sha256
-from asr_kd.distill import hidden_mse_loss, output_kd_loss_with_stats
+from asr_kd.distill import delay_frames, hidden_mse_loss, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
 from asr_kd.models.encoders import hidden_dims, layer_unit
 from asr_kd.models.transducer import node_occupancy
@@ -346,6 +346,9 @@ class KDLossComputer(LossComputer):
             student_lens = model.encoder.output_lengths(feature_lens).to(device)
 
         t_enc, t_lens, t_hidden = self._teacher_encoder(batch, device, student_lens)
+        if cfg.teacher_delay_frames:  # every teacher target below comes from the delayed frames
+            t_enc = delay_frames(t_enc, cfg.teacher_delay_frames)
+            t_hidden = [delay_frames(h, cfg.teacher_delay_frames) for h in t_hidden]
         teacher_ranges = px_grad = py_grad = t_dec = None
         if cfg.uses_output:
             symbols, sym_lens = _pad_symbols(tokens, self.teacher.blank_id, device)

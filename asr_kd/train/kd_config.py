@@ -20,6 +20,8 @@ docs/method.md, "Training integration"):
 * ``--kd-occupancy false``: every valid pruned node counts (the usual
   lattice-KD sum); ``true`` weights nodes by the range owner's occupancy.
 * ``--kd-teacher-input clean``: the teacher sees the un-augmented input.
+* ``--kd-teacher-delay-ms 0``: teacher frame t teaches student frame t (see
+  ``asr_kd.distill.delay`` for what a delay changes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from asr_kd.distill import DEFAULT_ALPHA_MIN, SMOOTHING_METHODS
+from asr_kd.models.units import FRAME_MS
 
 __all__ = [
     "KD_STAGES",
@@ -113,6 +116,7 @@ class KDConfig:
     ranges: str = "student"
     occupancy: bool = False
     teacher_input: str = "clean"
+    teacher_delay_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in KD_STAGES:
@@ -133,6 +137,9 @@ class KDConfig:
             (self.target_entropy > 0, f"--kd-target-entropy must be > 0 nats, got {self.target_entropy}"),
             (0 < self.alpha_min <= 1, f"--kd-alpha-min must lie in (0, 1], got {self.alpha_min}"),
             (len(self.hidden_layers) > 0, "--kd-hidden-layers needs at least one pair"),
+            (self.teacher_delay_ms >= 0 and self.teacher_delay_ms % FRAME_MS == 0,
+             f"--kd-teacher-delay-ms must be 0 or a positive multiple of {FRAME_MS} ms (one encoder frame), "
+             f"got {self.teacher_delay_ms}"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
@@ -146,6 +153,11 @@ class KDConfig:
     @property
     def uses_hidden(self) -> bool:
         return self.stage in ("hidden", "joint")
+
+    @property
+    def teacher_delay_frames(self) -> int:
+        """--kd-teacher-delay-ms in encoder frames (``asr_kd.distill.delay``)."""
+        return self.teacher_delay_ms // FRAME_MS
 
     @property
     def uses_output(self) -> bool:
