@@ -302,3 +302,30 @@ def test_zipformer_conf_builds_on_another_and_trains_the_zipformer(recipe, size,
     assert argv[argv.index("--encoder") + 1] == "zipformer"
     assert argv[argv.index("--model-size") + 1] == size
     assert argv[argv.index("--num-epochs") + 1] == "2" and "--preset" not in argv
+
+
+def test_stage2_delays_the_teacher_and_the_teacher_delay_ablation_sets_its_own(tmp_path):
+    recipe = "egs/synth/ASR"
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    _fake_data(data, _bpe_dir(recipe, "small"))
+    for name in ("teacher", "stage1"):
+        (exp / name).mkdir(parents=True)
+    (exp / "teacher" / "pretrained.pt").write_bytes(b"weights")
+    (exp / "stage1" / "epoch-2.pt").write_bytes(b"stage 1")
+    calls = tmp_path / "calls"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nmkdir -p "{exp}/teacher-cache"\n')
+    stub.chmod(0o755)
+    cmd = ["bash", f"{recipe}/run.sh", "--preset", "small", "--skip-setup", "true", "--data-dir", str(data),
+           "--exp-dir", str(exp), "--stage", "6", "--stop-stage", "7",
+           "--set", "ablations=teacher-delay-0 teacher-delay-320"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHON=str(stub)), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    trains = [line for line in calls.read_text().splitlines() if "asr_kd.bin.train" in line]
+    assert len(trains) == 3
+    delays = [line.split("--kd-teacher-delay-ms")[1:] for line in trains]
+    assert f"--exp-dir {exp}/stage2 " in trains[0] and [d.split()[0] for d in delays[0]] == ["160"]
+    for line, delay, ms in zip(trains[1:], delays[1:], ("0", "320")):
+        assert f"--exp-dir {exp}/teacher-delay-{ms} " in line
+        assert delay[-1].split() == [ms]  # the ablation's delay comes last and wins over kd_stage2_args'

@@ -20,13 +20,12 @@
 #   optional (default):
 #     seeds ("42")            the first seeds every main model; each further one adds
 #                             baseline-seed<i>, stage1-seed<i>, stage2-seed<i>
-#     ablations ("")          any of: joint temperature collapsed teacher-delay delay-penalty
+#     ablations ("")          any of: joint temperature collapsed teacher-delay-<ms> delay-penalty
 #     controls ("")           baseline-cont
 #     kd_stage1_args, kd_stage2_args ("")  extra --kd-* flags of stages 5 and 6
 #     train_args ("")         extra flags of every training run (e.g. --amp auto)
 #     train_jobs (1)          2: teacher and baseline train side by side (CPU only)
 #     delay_penalty (0.005)   of the delay-penalty ablation
-#     teacher_delay_ms (160)  of the teacher-delay ablation (--kd-teacher-delay-ms)
 #     decode_chunk_ms (chunk_size*40)  student decoding chunk sizes in ms (a list)
 #     student_decode_modes ("streaming")  greedy modes of the students: streaming (true
 #                             streaming with caches) and/or simulated-streaming
@@ -67,7 +66,6 @@ decode_threads=${decode_threads:-1}
 train_jobs=${train_jobs:-1}
 decode_jobs=${decode_jobs:-1}
 delay_penalty=${delay_penalty:-0.005}
-teacher_delay_ms=${teacher_delay_ms:-160}
 beam_size=${beam_size:-4}
 decode_align=${decode_align:-}
 teacher_cache=${teacher_cache:-false}
@@ -274,16 +272,16 @@ if run_stage 7; then
       collapsed) train_model 7 collapsed "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
                $kd_stage2_args --kd-stage output --kd-distribution collapsed ;;
-      # stage 2 with the teacher's frames delayed (--kd-teacher-delay-ms), from stage 1
-      teacher-delay) train_model 7 teacher-delay "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+      # stage 2 with the teacher delayed by <ms> instead of kd_stage2_args' delay (teacher-delay-0: undelayed), from stage 1
+      teacher-delay-*) train_model 7 "$name" "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
-               $kd_stage2_args --kd-stage output --kd-teacher-delay-ms "$teacher_delay_ms" ;;
+               $kd_stage2_args --kd-stage output --kd-teacher-delay-ms "${name#teacher-delay-}" ;;
       # control for variants that start from the trained baseline: the same extra epochs without KD
       baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" --continue-from "$exp_dir/baseline/epoch-$student_epochs.pt" ;;
       # the baseline trained with k2's delay penalty (no distillation): the latency reference
       delay-penalty) train_model 7 delay-penalty "${baseline_args[@]}" --delay-penalty "$delay_penalty" ;;
-      *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed teacher-delay delay-penalty baseline-cont)" ;;
+      *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed teacher-delay-<ms> delay-penalty baseline-cont)" ;;
     esac
   done
   # seed replicates of the main comparison: baseline and stage 1 -> 2 again, each from seed number i
@@ -427,8 +425,9 @@ fi
 
 if run_stage 9; then
   need 9 "$exp_dir/results.json" 8
-  # paired bootstrap of stage 2 against the baseline trained from the same seed
+  # paired bootstrap of stage 2 and of every ablation against the baseline trained from the same seed
   pairs=stage2:baseline
+  for name in $ablations; do pairs="$pairs $name:baseline"; done
   i=1
   for s in $seeds; do
     [ "$i" -gt 1 ] && pairs="$pairs stage2-seed$i:baseline-seed$i"
