@@ -15,14 +15,16 @@ FEATURE_MS = 10
 FRAME_MS = 40
 
 
-def ms_to_frames(ms: int, what: str, allow_unlimited: bool = False) -> int:
-    """``ms`` (a positive multiple of ``FRAME_MS``, or -1 = unlimited when allowed) -> encoder frames.
+def ms_to_frames(ms: int, what: str, allow_unlimited: bool = False, allow_zero: bool = False) -> int:
+    """``ms`` (a positive multiple of ``FRAME_MS``; -1 = unlimited, 0 = none when allowed) -> encoder frames.
 
     ``what`` names the option or setting in the one-line ValueError raised otherwise.
     """
     if allow_unlimited and ms == -1:
         return -1
+    if allow_zero and ms == 0:
+        return 0
     if ms <= 0 or ms % FRAME_MS:
-        raise ValueError(f"{what} must be a positive multiple of {FRAME_MS} ms"
+        raise ValueError(f"{what} must be {'0 or ' if allow_zero else ''}a positive multiple of {FRAME_MS} ms"
                          f"{' or -1' if allow_unlimited else ''}, got {ms}")
     return ms // FRAME_MS

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from asr_kd.distill import DEFAULT_ALPHA_MIN, SMOOTHING_METHODS
-from asr_kd.models.units import FRAME_MS
+from asr_kd.models.units import ms_to_frames
 
 __all__ = [
     "KD_STAGES",
@@ -137,13 +137,14 @@ class KDConfig:
             (self.target_entropy > 0, f"--kd-target-entropy must be > 0 nats, got {self.target_entropy}"),
             (0 < self.alpha_min <= 1, f"--kd-alpha-min must lie in (0, 1], got {self.alpha_min}"),
             (len(self.hidden_layers) > 0, "--kd-hidden-layers needs at least one pair"),
-            (self.teacher_delay_ms >= 0 and self.teacher_delay_ms % FRAME_MS == 0,
-             f"--kd-teacher-delay-ms must be 0 or a positive multiple of {FRAME_MS} ms (one encoder frame), "
-             f"got {self.teacher_delay_ms}"),
         ]  # fmt: skip
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"{_WHERE}: {msg}")
+        try:
+            self.teacher_delay_frames  # a whole number of encoder frames, or 0
+        except ValueError as e:
+            raise ValueError(f"{_WHERE}: {e}") from None
         if self.teacher_cache and self.teacher_input != "clean":
             raise ValueError(
                 f"{_WHERE}: --teacher-cache stores the teacher's outputs on clean features, so it needs "
@@ -157,7 +158,7 @@ class KDConfig:
     @property
     def teacher_delay_frames(self) -> int:
         """--kd-teacher-delay-ms in encoder frames (``asr_kd.distill.delay``)."""
-        return self.teacher_delay_ms // FRAME_MS
+        return ms_to_frames(self.teacher_delay_ms, "--kd-teacher-delay-ms", allow_zero=True)
 
     @property
     def uses_output(self) -> bool:
