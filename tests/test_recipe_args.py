@@ -304,28 +304,51 @@ def test_zipformer_conf_builds_on_another_and_trains_the_zipformer(recipe, size,
     assert argv[argv.index("--num-epochs") + 1] == "2" and "--preset" not in argv
 
 
-def test_stage2_delays_the_teacher_and_the_teacher_delay_ablation_sets_its_own(tmp_path):
+def _small_kd_trainings(tmp_path, stages: str, ablations: str, checkpoints: dict[str, str]) -> tuple[Path, list[str]]:
+    """(exp dir, the training command lines) of the small preset's ``stages`` (e.g. "6-7") with a recording stub.
+
+    ``checkpoints`` maps ``name/file.pt`` under the exp dir to stand-ins for the models those stages start from.
+    """
     recipe = "egs/synth/ASR"
     data, exp = tmp_path / "data", tmp_path / "exp"
     _fake_data(data, _bpe_dir(recipe, "small"))
-    for name in ("teacher", "stage1"):
-        (exp / name).mkdir(parents=True)
-    (exp / "teacher" / "pretrained.pt").write_bytes(b"weights")
-    (exp / "stage1" / "epoch-2.pt").write_bytes(b"stage 1")
+    for rel, content in {"teacher/pretrained.pt": "weights", **checkpoints}.items():
+        (exp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (exp / rel).write_text(content)
     calls = tmp_path / "calls"
     stub = tmp_path / "python"
     stub.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nmkdir -p "{exp}/teacher-cache"\n')
     stub.chmod(0o755)
+    first, last = stages.split("-")
     cmd = ["bash", f"{recipe}/run.sh", "--preset", "small", "--skip-setup", "true", "--data-dir", str(data),
-           "--exp-dir", str(exp), "--stage", "6", "--stop-stage", "7",
-           "--set", "ablations=teacher-delay-0 teacher-delay-320"]
+           "--exp-dir", str(exp), "--stage", first, "--stop-stage", last, "--set", f"ablations={ablations}"]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHON=str(stub)), capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    trains = [line for line in calls.read_text().splitlines() if "asr_kd.bin.train" in line]
+    return exp, [line for line in calls.read_text().splitlines() if "asr_kd.bin.train" in line]
+
+
+def test_stage2_delays_the_teacher_and_the_teacher_delay_ablation_sets_its_own(tmp_path):
+    exp, trains = _small_kd_trainings(tmp_path, "6-7", "teacher-delay-0 teacher-delay-320",
+                                      {"stage1/epoch-2.pt": "stage 1"})
     assert len(trains) == 3
     delays = [line.split("--kd-teacher-delay-ms")[1:] for line in trains]
     assert f"--exp-dir {exp}/stage2 " in trains[0] and [d.split()[0] for d in delays[0]] == ["160"]
     for line, delay, ms in zip(trains[1:], delays[1:], ("0", "320")):
         assert f"--exp-dir {exp}/teacher-delay-{ms} " in line
         assert delay[-1].split() == [ms]  # the ablation's delay comes last and wins over kd_stage2_args'
+
+
+def test_stage1_delay_and_mask_lead_ablations(tmp_path):
+    """stage1-delay-<ms> trains a delayed stage 1 and continues stage 2 from it; mask-lead adds its flag to stage 2."""
+    exp, trains = _small_kd_trainings(tmp_path, "7-7", "stage1-delay-80 mask-lead",
+                                      {"stage1/epoch-2.pt": "stage 1", "stage1-delay-80-stage1/epoch-2.pt": "delayed"})
+    assert len(trains) == 3
+    s1, s2, masked = trains
+    assert f"--exp-dir {exp}/stage1-delay-80-stage1 " in s1
+    assert "--kd-stage hidden" in s1 and s1.split("--kd-teacher-delay-ms")[-1].split() == ["80"]
+    assert f"--exp-dir {exp}/stage1-delay-80 " in s2 and "--kd-stage output" in s2
+    assert f"--continue-from {exp}/stage1-delay-80-stage1/epoch-2.pt" in s2
+    assert s2.split("--kd-teacher-delay-ms")[-1].split()[0] == "160"  # stage 2 keeps kd_stage2_args' delay
+    assert f"--exp-dir {exp}/mask-lead " in masked and f"--continue-from {exp}/stage1/epoch-2.pt" in masked
+    assert masked.split()[-2:] == ["--kd-mask-lead", "true"]

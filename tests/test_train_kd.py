@@ -383,3 +383,23 @@ def test_teacher_delay_equals_a_teacher_with_delayed_frames(corpus, teacher) -> 
 def test_teacher_delay_must_be_whole_frames(corpus, teacher) -> None:
     with pytest.raises(ValueError, match="--kd-teacher-delay-ms must be 0 or a positive multiple of 40 ms"):
         _setup(corpus, teacher, "--kd-stage", "output", "--kd-teacher-delay-ms", "50")
+
+
+# ------------------------------------------------------------------ lead-in mask
+
+
+def test_mask_lead_leaves_out_only_lead_in_kl(corpus, teacher) -> None:
+    """--kd-mask-lead true: same transducer loss, a smaller KL, and the masked share is reported."""
+    _, student, masked, batch = _setup(corpus, teacher, "--kd-stage", "output", "--kd-mask-lead", "true")
+    _, student2, plain, _ = _setup(corpus, teacher, "--kd-stage", "output")
+    student2.load_state_dict(student.state_dict())
+    for m in (student, student2):
+        m.eval()
+    with torch.no_grad():
+        _, i_masked = masked(student, batch, 100)
+        _, i_plain = plain(student2, batch, 100)
+    assert i_masked["transducer_loss"] == pytest.approx(i_plain["transducer_loss"], rel=1e-6)
+    assert 0 < i_masked["kd_lead_masked_share"] < 1
+    assert "kd_lead_masked_share" not in i_plain
+    # the masked nodes' KL terms (each >= 0) are left out of the sum
+    assert i_masked["kd_output_loss"] < i_plain["kd_output_loss"]

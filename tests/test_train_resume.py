@@ -345,7 +345,7 @@ def _todays_args(corpus, exp: Path) -> dict:
         "teacher_cache": None, "kd_hidden_layers": "[(-1, -1)]", "kd_hidden_scale": 1.0, "kd_output_scale": 1.0,
         "kd_projection": "auto", "kd_smoothing": "adaptive-power", "kd_temperature": 2.0,
         "kd_target_entropy": 0.5, "kd_alpha_min": 0.1, "kd_distribution": "full", "kd_ranges": "student",
-        "kd_occupancy": False, "kd_teacher_input": "clean", "kd_teacher_delay_ms": 0,
+        "kd_occupancy": False, "kd_teacher_input": "clean", "kd_teacher_delay_ms": 0, "kd_mask_lead": False,
     }  # fmt: skip
 
 

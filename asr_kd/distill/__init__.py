@@ -4,6 +4,7 @@ exact formulas)."""
 
 from .delay import delay_frames
 from .hidden import hidden_mse_loss
+from .lead import first_label_frames, lead_mask
 from .output import KDStats, output_kd_loss, output_kd_loss_with_stats
 from .smoothing import (
     DEFAULT_ALPHA_MIN,
@@ -19,7 +20,9 @@ __all__ = [
     "SMOOTHING_METHODS",
     "SmoothingStats",
     "delay_frames",
+    "first_label_frames",
     "hidden_mse_loss",
+    "lead_mask",
     "output_kd_loss",
     "output_kd_loss_with_stats",
     "smooth_teacher",

@@ -319,6 +319,10 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
                    help="delay the teacher's encoder frames by this many ms (a multiple of 40) before any target is "
                         "taken from them: student frame t learns from teacher frame t - d, so a chunk-wise student is "
                         "not asked to emit before it can have heard (0: off) (default: %(default)s)")
+    g.add_argument("--kd-mask-lead", type=str2bool, default=False,
+                   help="true/false: leave out of the KL the nodes that have emitted nothing yet (u = 0) before the "
+                        "teacher's median first-label frame, where a student can only learn a prior over first "
+                        "words (the transducer loss still trains them) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,7 +394,7 @@ def _kd_config(a: argparse.Namespace) -> Optional[KDConfig]:
         temperature=float(a.kd_temperature), target_entropy=float(a.kd_target_entropy),
         alpha_min=float(a.kd_alpha_min), distribution=str(a.kd_distribution), ranges=str(a.kd_ranges),
         occupancy=bool(a.kd_occupancy), teacher_input=str(a.kd_teacher_input),
-        teacher_delay_ms=int(a.kd_teacher_delay_ms),
+        teacher_delay_ms=int(a.kd_teacher_delay_ms), mask_lead=bool(a.kd_mask_lead),
     )
 
 

@@ -22,6 +22,9 @@ pairs are mapped. ``W_i`` is a learned Linear (student side only) when the
 dims differ (``--kd-projection auto``), identity otherwise. L_o is
 ``asr_kd.distill.output_kd_loss`` on the pruned lattice: both joiners
 evaluated on the same ranges (the student's by default), teacher smoothed.
+``w_node`` is 1, or the range owner's occupancy (``--kd-occupancy true``),
+times 0 at the lead-in nodes with ``--kd-mask-lead true``
+(``asr_kd.distill.lead``: u = 0 before the teacher's first label).
 
 Nothing is computed twice: the student forward is the base loss computer's
 (``forward_model``), giving the transducer losses, the student's ranges,
@@ -75,7 +78,7 @@ from torch import Tensor, nn
 from asr_kd import rnnt
 from asr_kd.data.features import check_feature_config, feature_config_dict
 from asr_kd.data.tokenizer import file_sha256
-from asr_kd.distill import delay_frames, hidden_mse_loss, output_kd_loss_with_stats
+from asr_kd.distill import delay_frames, hidden_mse_loss, lead_mask, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
 from asr_kd.models.encoders import hidden_dims, layer_unit
 from asr_kd.models.transducer import node_occupancy
@@ -391,6 +394,13 @@ class KDLossComputer(LossComputer):
                 weights = t_occ if cfg.ranges == "teacher" else out.node_occupancy
             else:
                 weights = None
+            if cfg.mask_lead:  # no teacher target in the lead-in (asr_kd.distill.lead)
+                keep = lead_mask(px_grad, out.ranges, out.boundary)
+                weights = keep if weights is None else weights * keep
+                frame = torch.arange(out.ranges.size(1), device=device)
+                valid = (frame[None, :, None] < out.boundary[:, 3, None, None]) & (
+                    out.ranges <= out.boundary[:, 2, None, None])
+                info["kd_lead_masked_share"] = float((1 - keep).sum()) / max(float(valid.sum()), 1.0)
             kl, stats = output_kd_loss_with_stats(
                 out.logits, t_logits, out.ranges, out.boundary, smoothing=cfg.smoothing, reduction="sum",
                 symbols=out.symbols, occupancy=weights, distribution=cfg.distribution,

@@ -22,6 +22,8 @@ docs/method.md, "Training integration"):
 * ``--kd-teacher-input clean``: the teacher sees the un-augmented input.
 * ``--kd-teacher-delay-ms 0``: teacher frame t teaches student frame t (see
   ``asr_kd.distill.delay`` for what a delay changes).
+* ``--kd-mask-lead false``: the KL covers the lead-in too (``true`` leaves out
+  the nodes before the teacher's first label, ``asr_kd.distill.lead``).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class KDConfig:
     occupancy: bool = False
     teacher_input: str = "clean"
     teacher_delay_ms: int = 0
+    mask_lead: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in KD_STAGES:

@@ -20,7 +20,8 @@
 #   optional (default):
 #     seeds ("42")            the first seeds every main model; each further one adds
 #                             baseline-seed<i>, stage1-seed<i>, stage2-seed<i>
-#     ablations ("")          any of: joint temperature collapsed teacher-delay-<ms> delay-penalty
+#     ablations ("")          any of: joint temperature collapsed teacher-delay-<ms>
+#                             stage1-delay-<ms> mask-lead delay-penalty
 #     controls ("")           baseline-cont
 #     kd_stage1_args, kd_stage2_args ("")  extra --kd-* flags of stages 5 and 6
 #     train_args ("")         extra flags of every training run (e.g. --amp auto)
@@ -276,12 +277,23 @@ if run_stage 7; then
       teacher-delay-*) train_model 7 "$name" "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
                $kd_stage2_args --kd-stage output --kd-teacher-delay-ms "${name#teacher-delay-}" ;;
+      # stage 1 with the teacher delayed by <ms> too (its model in <name>-stage1), then stage 2 as kd_stage2_args says
+      stage1-delay-*) train_model 7 "$name-stage1" "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage1_epochs" --kd-stage hidden "${teacher_flag[@]}" $kd_stage1_args \
+               --kd-teacher-delay-ms "${name#stage1-delay-}"
+             train_model 7 "$name" "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" --kd-stage output "${teacher_flag[@]}" \
+               --continue-from "$exp_dir/$name-stage1/epoch-$stage1_epochs.pt" $kd_stage2_args ;;
+      # stage 2 without teacher targets in the lead-in (--kd-mask-lead: u = 0 before the teacher's first label), from stage 1
+      mask-lead) train_model 7 mask-lead "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
+               --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
+               $kd_stage2_args --kd-stage output --kd-mask-lead true ;;
       # control for variants that start from the trained baseline: the same extra epochs without KD
       baseline-cont) train_model 7 baseline-cont "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" --continue-from "$exp_dir/baseline/epoch-$student_epochs.pt" ;;
       # the baseline trained with k2's delay penalty (no distillation): the latency reference
       delay-penalty) train_model 7 delay-penalty "${baseline_args[@]}" --delay-penalty "$delay_penalty" ;;
-      *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed teacher-delay-<ms> delay-penalty baseline-cont)" ;;
+      *) die "unknown ablation/control '$name' in $conf (joint temperature collapsed teacher-delay-<ms> stage1-delay-<ms> mask-lead delay-penalty baseline-cont)" ;;
     esac
   done
   # seed replicates of the main comparison: baseline and stage 1 -> 2 again, each from seed number i
