@@ -6,7 +6,7 @@ Example (one row per chunk size: a WER-against-latency curve from one command)::
         --cuts data/fbank/cuts_test.jsonl.gz --method greedy --mode streaming \\
         --chunk-sizes-ms 320 640 1280 --out-dir exp/student/decode --model-name student
 
-Writes, per configuration, ``recogs-/errs-/wer-summary-/timings-<test_set>-<setting>-<model>.txt``
+Writes, per configuration, ``recogs-/errs-/wer-summary-<test_set>-<setting>-<model>.txt`` and ``timings-<test_set>-<setting>-<model>.jsonl``
 into ``--out-dir`` and inserts/updates the matching row of ``results.json``
 (``--results-json``, default ``<out-dir>/results.json``). See
 ``asr_kd.metrics.results`` for the row schema and ``asr_kd.decode.timing`` for

@@ -21,7 +21,7 @@
 #   --download true|false      true: lhotse downloads missing subsets into the parent of DIR,
 #                              which must be named LibriSpeech (default false: never downloads)
 # Presets (conf/NAME.conf): micro (tests, CPU, minutes), medium (default; GPU, ~20 M
-# pair), large (GPU, the paper's size, ~76 M pair). A relative --data-dir or
+# pair), large (GPU, the paper's size, ~76 M pair), zipformer (GPU, Zipformer encoder). A relative --data-dir or
 # --exp-dir is relative to this recipe's directory (default data/<preset>,
 # exp/<preset>); the other relative paths to the directory run.sh is started from.
 set -euo pipefail

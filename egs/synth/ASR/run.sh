@@ -11,7 +11,8 @@
 #   2  BPE model (sentencepiece)                -> DATA_DIR/lang_bpe_<bpe_vocab>
 # Presets (conf/NAME.conf): small (default: closed 1k-word vocabulary, clean, <= 1 h
 # on 2 cores), long (2k words, mild degradation, ~4 h), open (open vocabulary, full
-# degradation), full (open, ~34 h of audio: GPUs), tiny (smoke), micro (tests).
+# degradation), full (open, ~34 h of audio: GPUs), zipformer (small's task, Zipformer
+# encoder), tiny (smoke), micro (tests).
 # Relative DATA_DIR/EXP_DIR are relative to this recipe's directory (default
 # data/<preset>, exp/<preset>).
 set -euo pipefail
