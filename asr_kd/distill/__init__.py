@@ -4,7 +4,7 @@ exact formulas)."""
 
 from .delay import delay_frames
 from .hidden import hidden_mse_loss
-from .lead import first_label_frames, lead_mask
+from .lead import lead_mask
 from .output import KDStats, output_kd_loss, output_kd_loss_with_stats
 from .smoothing import (
     DEFAULT_ALPHA_MIN,
@@ -20,7 +20,6 @@ __all__ = [
     "SMOOTHING_METHODS",
     "SmoothingStats",
     "delay_frames",
-    "first_label_frames",
     "hidden_mse_loss",
     "lead_mask",
     "output_kd_loss",

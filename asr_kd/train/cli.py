@@ -320,9 +320,10 @@ def add_kd_arguments(parser: argparse.ArgumentParser) -> None:
                         "taken from them: student frame t learns from teacher frame t - d, so a chunk-wise student is "
                         "not asked to emit before it can have heard (0: off) (default: %(default)s)")
     g.add_argument("--kd-mask-lead", type=str2bool, default=False,
-                   help="true/false: leave out of the KL the nodes that have emitted nothing yet (u = 0) before the "
-                        "teacher's median first-label frame, where a student can only learn a prior over first "
-                        "words (the transducer loss still trains them) (default: %(default)s)")
+                   help="true/false: leave out of the KL the nodes that have emitted nothing yet (u = 0), where "
+                        "the full-context teacher gives the first label its mass already in the leading silence "
+                        "and a streaming student can only learn a prior over first words (the transducer loss "
+                        "still trains them) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ dims differ (``--kd-projection auto``), identity otherwise. L_o is
 evaluated on the same ranges (the student's by default), teacher smoothed.
 ``w_node`` is 1, or the range owner's occupancy (``--kd-occupancy true``),
 times 0 at the lead-in nodes with ``--kd-mask-lead true``
-(``asr_kd.distill.lead``: u = 0 before the teacher's first label).
+(``asr_kd.distill.lead``: the nodes at u = 0, where the full-context
+teacher already gives the first label its mass in the leading silence).
 
 Nothing is computed twice: the student forward is the base loss computer's
 (``forward_model``), giving the transducer losses, the student's ranges,
@@ -395,7 +396,7 @@ class KDLossComputer(LossComputer):
             else:
                 weights = None
             if cfg.mask_lead:  # no teacher target in the lead-in (asr_kd.distill.lead)
-                keep = lead_mask(px_grad, out.ranges, out.boundary)
+                keep = lead_mask(out.ranges, out.boundary)
                 weights = keep if weights is None else weights * keep
                 frame = torch.arange(out.ranges.size(1), device=device)
                 valid = (frame[None, :, None] < out.boundary[:, 3, None, None]) & (

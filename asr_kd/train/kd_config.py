@@ -23,7 +23,7 @@ docs/method.md, "Training integration"):
 * ``--kd-teacher-delay-ms 0``: teacher frame t teaches student frame t (see
   ``asr_kd.distill.delay`` for what a delay changes).
 * ``--kd-mask-lead false``: the KL covers the lead-in too (``true`` leaves out
-  the nodes before the teacher's first label, ``asr_kd.distill.lead``).
+  the nodes at u = 0, before anything is emitted: ``asr_kd.distill.lead``).
 """
 
 from __future__ import annotations
