@@ -48,7 +48,7 @@ from asr_kd.models.encoders import (ENCODER_TYPES, AnyEncoderConfig, build_encod
                                     min_input_frames)
 from asr_kd.models.joiner import Joiner
 
-__all__ = ["TransducerConfig", "TransducerOutput", "Transducer", "build_transducer", "node_occupancy"]
+__all__ = ["TransducerConfig", "TransducerOutput", "Transducer", "build_transducer", "node_occupancy", "valid_nodes"]
 
 
 @dataclass
@@ -131,6 +131,12 @@ def _full_precision(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def valid_nodes(ranges: Tensor, boundary: Tensor) -> Tensor:
+    """(B, T, R) bool: pruned node (b, t, r) lies in the lattice, t < T_b and ranges[b, t, r] <= S_b."""
+    frame = torch.arange(ranges.size(1), device=ranges.device)
+    return (frame[None, :, None] < boundary[:, 3, None, None]) & (ranges <= boundary[:, 2, None, None])
+
+
 def node_occupancy(px_grad: Tensor, py_grad: Tensor, ranges: Tensor, boundary: Tensor) -> Tensor:
     """Occupancy of the pruned nodes (see module docstring).
 
@@ -149,9 +155,7 @@ def node_occupancy(px_grad: Tensor, py_grad: Tensor, ranges: Tensor, boundary: T
         occ[:, : s1 - 1] += px_grad.detach()[:, :, :t]
     occ = occ.transpose(1, 2)  # (B, T, S+1)
     gathered = occ.gather(2, ranges.clamp(max=s1 - 1))
-    frame = torch.arange(t, device=ranges.device)
-    valid = (frame[None, :, None] < boundary[:, 3, None, None]) & (ranges <= boundary[:, 2, None, None])
-    return gathered * valid
+    return gathered * valid_nodes(ranges, boundary)
 
 
 class Transducer(nn.Module):

@@ -82,7 +82,7 @@ from asr_kd.data.tokenizer import file_sha256
 from asr_kd.distill import delay_frames, hidden_mse_loss, lead_mask, output_kd_loss_with_stats
 from asr_kd.distill.cache import MissingCutError, TeacherCache
 from asr_kd.models.encoders import hidden_dims, layer_unit
-from asr_kd.models.transducer import node_occupancy
+from asr_kd.models.transducer import node_occupancy, valid_nodes
 from asr_kd.models.checkpoint import load_checkpoint, load_model
 from asr_kd.train.kd_config import KDConfig, resolve_layer
 from asr_kd.train.loss_computer import LossComputer
@@ -398,10 +398,8 @@ class KDLossComputer(LossComputer):
             if cfg.mask_lead:  # no teacher target in the lead-in (asr_kd.distill.lead)
                 keep = lead_mask(out.ranges, out.boundary)
                 weights = keep if weights is None else weights * keep
-                frame = torch.arange(out.ranges.size(1), device=device)
-                valid = (frame[None, :, None] < out.boundary[:, 3, None, None]) & (
-                    out.ranges <= out.boundary[:, 2, None, None])
-                info["kd_lead_masked_share"] = float((1 - keep).sum()) / max(float(valid.sum()), 1.0)
+                valid = valid_nodes(out.ranges, out.boundary)  # padded frames are neither masked nor kept
+                info["kd_lead_masked_share"] = float(((1 - keep) * valid).sum()) / max(float(valid.sum()), 1.0)
             kl, stats = output_kd_loss_with_stats(
                 out.logits, t_logits, out.ranges, out.boundary, smoothing=cfg.smoothing, reduction="sum",
                 symbols=out.symbols, occupancy=weights, distribution=cfg.distribution,

@@ -284,7 +284,7 @@ if run_stage 7; then
              train_model 7 "$name" "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" --kd-stage output "${teacher_flag[@]}" \
                --continue-from "$exp_dir/$name-stage1/epoch-$stage1_epochs.pt" $kd_stage2_args ;;
-      # stage 2 without teacher targets in the lead-in (--kd-mask-lead: u = 0 before the teacher's first label), from stage 1
+      # stage 2 without teacher targets at the u = 0 nodes (--kd-mask-lead; the default preset already passes it), from stage 1
       mask-lead) train_model 7 mask-lead "${common_train_args[@]}" --seed "$main_seed" "${student_args[@]}" \
                --num-epochs "$stage2_epochs" "${teacher_flag[@]}" --continue-from "$exp_dir/stage1/epoch-$stage1_epochs.pt" \
                $kd_stage2_args --kd-stage output --kd-mask-lead true ;;
