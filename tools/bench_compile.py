@@ -64,6 +64,8 @@ def main() -> None:
     args = p.parse_args()
     if args.batches <= args.warmup:
         p.error(f"--batches {args.batches} must exceed --warmup {args.warmup}")
+    if not 1 <= args.batch_size <= 10:  # utterance k is 50 k frames shorter than the padded length (>= 900)
+        p.error(f"--batch-size {args.batch_size} must be 1..10")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
